@@ -62,7 +62,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 
 from sdlm.decoding import ALGS, generate
-from sdlm.models import load_model, resolve_source, sdlm_settings
+from sdlm.models import _parse_dtype, load_model, resolve_source, sdlm_settings
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +144,61 @@ def file_sha256(path: str | os.PathLike) -> str | None:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
+_ACCEPTED = ("pretrained", "alg", "block_size", "threshold", "batch_size", "max_batch_size", "max_new_tokens",
+             "max_length", "dtype", "device", "system_prompt", "use_cache", "add_bos_token")
+_DEFAULTS: dict[str, Any] = {"alg": "prob_conf", "block_size": None, "threshold": 0.98, "batch_size": 8,
+                             "max_batch_size": None, "max_new_tokens": None, "max_length": None, "dtype": None,
+                             "device": None, "system_prompt": None, "use_cache": True, "add_bos_token": None}
+
+
+def check_model_args(args: dict[str, Any]) -> dict[str, Any]:
+    """Validate the ``sdlm`` model's arguments without loading anything; return them normalised.
+
+    Every problem is a one-line ``ValueError`` naming the key and the value."""
+    unknown = sorted(set(args) - set(_ACCEPTED))
+    if unknown:
+        raise ValueError(f"unknown model_args key(s) {', '.join(unknown)} for model 'sdlm'; accepted: {', '.join(_ACCEPTED)}")
+    a = {**_DEFAULTS, **args}
+    pretrained = a.get("pretrained")
+    if not isinstance(pretrained, (str, os.PathLike)) or not str(pretrained).strip():
+        raise ValueError(f"model_args needs pretrained=<model folder, hub id or pypi:name>, got {pretrained!r}")
+    if not isinstance(a["alg"], str) or a["alg"] not in ALGS:
+        raise ValueError(f"unknown alg {a['alg']!r}; choose one of {', '.join(ALGS)}")
+    if isinstance(a["batch_size"], str) and a["batch_size"].startswith("auto"):
+        raise ValueError(f"batch_size={a['batch_size']!r} is not supported by the sdlm model; pass an integer")
+    out = {
+        "pretrained": str(pretrained),
+        "alg": a["alg"],
+        "threshold": _threshold_arg(a["threshold"]),
+        "batch_size": _int_arg("batch_size", a["batch_size"]),
+        "max_batch_size": _int_arg("max_batch_size", a["max_batch_size"], allow_none=True),
+        "block_size": _int_arg("block_size", a["block_size"], allow_none=True),
+        "max_new_tokens": _int_arg("max_new_tokens", a["max_new_tokens"], allow_none=True),
+        "max_length": _int_arg("max_length", a["max_length"], allow_none=True),
+        "use_cache": _bool_arg("use_cache", a["use_cache"]),
+        "add_bos_token": _bool_arg("add_bos_token", a["add_bos_token"], allow_none=True),
+        "dtype": a["dtype"],
+        "device": a["device"],
+        "system_prompt": a["system_prompt"],
+    }
+    if out["system_prompt"] is not None and not isinstance(out["system_prompt"], str):
+        raise ValueError(f"system_prompt must be a string, got {out['system_prompt']!r}")
+    if out["dtype"] is not None:
+        try:
+            _parse_dtype(out["dtype"], "cpu")
+        except (ValueError, TypeError):
+            raise ValueError(f"unknown dtype {out['dtype']!r} (use fp32, bf16, fp16 or auto)") from None
+    device = out["device"]
+    if device is not None and (not isinstance(device, str) or not device.strip()):
+        raise ValueError(f"device must be a string such as cpu, cuda, cuda:0 or auto, got {device!r}")
+    if device not in (None, "auto"):
+        try:
+            torch.device(device)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"unknown device {device!r} (use cpu, cuda, cuda:N, mps or auto)") from None
+    return out
+
+
 # ------------------------------------------------------------------------------------------- the LM
 @register_model("sdlm")
 class SDLMLM(TemplateLM):
@@ -169,38 +224,14 @@ class SDLMLM(TemplateLM):
         **unknown: Any,
     ) -> None:
         super().__init__()
-        if unknown:
-            raise ValueError(
-                f"unknown model_args key(s) {', '.join(sorted(unknown))} for model 'sdlm'; accepted: pretrained, alg, "
-                "block_size, threshold, batch_size, max_batch_size, max_new_tokens, max_length, dtype, device, "
-                "system_prompt, use_cache, add_bos_token"
-            )
-        # ---- validate everything before touching the model
-        if not isinstance(pretrained, (str, os.PathLike)) or not str(pretrained).strip():
-            raise ValueError(f"model_args needs pretrained=<model folder, hub id or pypi:name>, got {pretrained!r}")
-        if not isinstance(alg, str) or alg not in ALGS:
-            raise ValueError(f"unknown alg {alg!r}; choose one of {', '.join(ALGS)}")
-        if isinstance(batch_size, str) and batch_size.startswith("auto"):
-            raise ValueError(f"batch_size={batch_size!r} is not supported by the sdlm model; pass an integer")
-        self.alg = alg
-        self.threshold = _threshold_arg(threshold)
-        self._batch_size = _int_arg("batch_size", batch_size)
-        _int_arg("max_batch_size", max_batch_size, allow_none=True)
-        self._block_size_arg = _int_arg("block_size", block_size, allow_none=True)
-        self._max_new_tokens = _int_arg("max_new_tokens", max_new_tokens, allow_none=True)
-        self._max_length_arg = _int_arg("max_length", max_length, allow_none=True)
-        self.use_cache = _bool_arg("use_cache", use_cache)
-        self.add_bos_token = _bool_arg("add_bos_token", add_bos_token, allow_none=True)
-        if system_prompt is not None and not isinstance(system_prompt, str):
-            raise ValueError(f"system_prompt must be a string, got {system_prompt!r}")
-        self.system_prompt = system_prompt
-        if device is not None and (not isinstance(device, str) or not device.strip()):
-            raise ValueError(f"device must be a string such as cpu, cuda, cuda:0 or auto, got {device!r}")
-        if device not in (None, "auto"):
-            try:
-                torch.device(device)
-            except (RuntimeError, ValueError):
-                raise ValueError(f"unknown device {device!r} (use cpu, cuda, cuda:N, mps or auto)") from None
+        a = check_model_args(dict(pretrained=pretrained, alg=alg, block_size=block_size, threshold=threshold,
+                                  batch_size=batch_size, max_batch_size=max_batch_size, max_new_tokens=max_new_tokens,
+                                  max_length=max_length, dtype=dtype, device=device, system_prompt=system_prompt,
+                                  use_cache=use_cache, add_bos_token=add_bos_token, **unknown))
+        self.alg, self.threshold, self._batch_size = a["alg"], a["threshold"], a["batch_size"]
+        self._block_size_arg, self._max_new_tokens, self._max_length_arg = a["block_size"], a["max_new_tokens"], a["max_length"]
+        self.use_cache, self.add_bos_token, self.system_prompt = a["use_cache"], a["add_bos_token"], a["system_prompt"]
+        device = a["device"]
 
         # ---- data parallel (accelerate launch): one process per device, lm-eval shards the requests
         self.accelerator = None
@@ -221,7 +252,7 @@ class SDLMLM(TemplateLM):
         self.pretrained = str(pretrained)
         self.checkpoint_path = resolve_source(self.pretrained)
         self.config_sha256 = file_sha256(self.checkpoint_path / "config.json")
-        model, tokenizer = load_model(self.checkpoint_path, dtype=dtype, device=device)
+        model, tokenizer = load_model(self.checkpoint_path, dtype=a["dtype"], device=device)
         self._model, self.tokenizer = model, tokenizer
         self._device = next(model.parameters()).device if device == "auto" else torch.device(device)
         self.dtype_name = str(model.dtype).replace("torch.", "")
