@@ -1,0 +1,181 @@
+"""Code extraction from chat replies, test-program assembly and pass@1 for HumanEval / MBPP. No torch.
+
+`extract_code(text, entry_point=None)` rules, in order:
+
+1. Fenced blocks (```` ```python ````, ```` ```py ````, bare ```` ``` ````, also a closing fence glued to the last
+   code line as in the OpenCompass MBPP exemplars ``return x```` ``, and an unterminated fence, which runs
+   to the end of the text). Python-tagged or untagged blocks are preferred over blocks tagged with another
+   language (``bash``, ``text``, ``output``...). Among those, the *first* block that defines
+   ``entry_point`` (``def entry_point(``) wins; without ``entry_point`` (or when no block defines it) the first
+   block that defines any function or class; else the first block. (OpenCompass takes the first block; we
+   only skip blocks that are evidently not the solution, e.g. a usage example before the code.)
+2. No fence: the text from its first code-looking line (``def``, ``class``, ``import``, ``from``, ``@``) on.
+3. In both cases trailing prose is cut: when the candidate does not compile, the longest prefix of whole
+   lines that does compile is used (e.g. "...return x\\n\\nThis function works by..."). A candidate whose
+   first line is indented (a function *body*, completion style) is returned as is.
+
+Top-level statements in the extracted code (example calls, ``print``) are kept, as in OpenCompass.
+
+`humaneval_pass` / `mbpp_pass` assemble the test program and run it in `sdlm.scoring.sandbox`.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Mapping
+
+from sdlm.scoring.sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, ExecResult, run_program
+
+__all__ = [
+    "extract_code",
+    "mbpp_entry_point",
+    "humaneval_program",
+    "mbpp_program",
+    "humaneval_pass",
+    "mbpp_pass",
+    "humaneval_check",
+    "mbpp_check",
+]
+
+_PY_LANGS = {"", "python", "py", "python3", "py3", "ipython"}
+_OPEN_FENCE_RE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([\w+#.\-]*)[^\n]*\n", re.MULTILINE)
+_CODE_START_RE = re.compile(r"^(?:def |async def |class |import |from \S+ import |@)", re.MULTILINE)
+
+
+def _fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, code) for every fenced block; an unterminated last fence runs to the end."""
+    blocks: list[tuple[str, str]] = []
+    pos = 0
+    while True:
+        m = _OPEN_FENCE_RE.search(text, pos)
+        if m is None:
+            return blocks
+        fence, lang = m.group(1), m.group(2).lower()
+        start = m.end()
+        close = text.find(fence[:3], start)
+        if close == -1:
+            blocks.append((lang, text[start:]))
+            return blocks
+        blocks.append((lang, text[start:close]))
+        # skip the rest of the closing-fence line
+        nl = text.find("\n", close)
+        pos = len(text) if nl == -1 else nl + 1
+
+
+def _compiles(code: str) -> bool:
+    try:
+        ast.parse(code)
+        return True
+    except (SyntaxError, ValueError):
+        return False
+
+
+def _trim_trailing_prose(code: str) -> str:
+    code = code.strip("\n").rstrip()
+    if not code.strip():
+        return ""
+    first = next((ln for ln in code.splitlines() if ln.strip()), "")
+    if first[:1] in (" ", "\t"):  # a function body (completion style): leave it to the caller
+        return code
+    if _compiles(code):
+        return code
+    lines = code.splitlines()
+    for end in range(len(lines) - 1, 0, -1):
+        candidate = "\n".join(lines[:end]).rstrip()
+        if candidate and _compiles(candidate):
+            return candidate
+    return code
+
+
+def _defines(code: str, name: str) -> bool:
+    return re.search(rf"^[ \t]*(?:async[ \t]+)?def[ \t]+{re.escape(name)}[ \t]*\(", code, re.MULTILINE) is not None
+
+
+def extract_code(text: str, entry_point: str | None = None) -> str:
+    """The program in a model reply (see the module docstring for the rules)."""
+    text = (text or "").replace("\r\n", "\n")
+    blocks = _fenced_blocks(text)
+    if blocks:
+        py = [c for lang, c in blocks if lang in _PY_LANGS] or [c for _, c in blocks]
+        py = [c for c in py if c.strip()] or py
+        chosen = None
+        if entry_point:
+            chosen = next((c for c in py if _defines(c, entry_point)), None)
+        if chosen is None:
+            chosen = next((c for c in py if re.search(r"^[ \t]*(?:async[ \t]+)?(?:def|class)[ \t]", c, re.M)), None)
+        if chosen is None:
+            chosen = py[0]
+        return _trim_trailing_prose(chosen)
+    m = _CODE_START_RE.search(text)
+    if m is None:
+        return _trim_trailing_prose(text)
+    return _trim_trailing_prose(text[m.start() :])
+
+
+# ------------------------------------------------------------------------------------ test programs
+def humaneval_program(problem: Mapping, completion_code: str) -> str:
+    """The HumanEval check program. ``completion_code`` may be a full function (chat style: it is appended
+    after the prompt, so the prompt's imports and helper functions stay available and the new ``def``
+    replaces the docstring-only stub) or a function body (completion style: prompt + body)."""
+    entry = problem["entry_point"]
+    code = completion_code or ""
+    if _defines(code, entry) and not code[:1].isspace():
+        body = problem["prompt"].rstrip() + "\n\n" + code  # every prompt compiles on its own
+    else:
+        body = problem["prompt"] + code
+    return f"{body}\n\n{problem['test']}\n\ncheck({entry})\n"
+
+
+def mbpp_entry_point(record: Mapping) -> str | None:
+    """The function the MBPP tests call (from the first ``assert name(...)``)."""
+    tests = record.get("test_list") or []
+    if isinstance(tests, str):
+        tests = tests.splitlines()
+    for t in tests:
+        m = re.search(r"assert\s*(?:not\s+)?\(*\s*(?:set|sorted|math\.isclose|abs|round|str|list|tuple)?\(*\s*([A-Za-z_]\w*)\s*\(", t)
+        if m:
+            return m.group(1)
+    return None
+
+
+def mbpp_program(record: Mapping, code: str, *, plus: bool = False) -> str:
+    """imports (``test_imports``, sanitized) + code + ``test_setup_code`` (full MBPP; it builds objects
+    with classes the solution defines, so it must follow the code) + the asserts of ``test_list``.
+    With ``plus=True`` the EvalPlus ``test`` field (MBPP+ OriginFmt) replaces ``test_list``."""
+    parts: list[str] = []
+    imports = record.get("test_imports") or []
+    if isinstance(imports, str):
+        imports = [imports]
+    if imports:
+        parts.append("\n".join(imports))
+    parts.append((code or "").replace("\r\n", "\n"))
+    setup = (record.get("test_setup_code") or "").replace("\r\n", "\n")
+    if setup.strip():
+        parts.append(setup)
+    if plus:
+        parts.append(record["test"])
+    else:
+        tests = record["test_list"]
+        parts.append(tests if isinstance(tests, str) else "\n".join(tests))
+    return "\n".join(parts) + "\n"
+
+
+def humaneval_check(problem: Mapping, completion_code: str, *, timeout: float = DEFAULT_TIMEOUT_S,
+                    memory_mb: int = DEFAULT_MEMORY_MB) -> ExecResult:
+    return run_program(humaneval_program(problem, completion_code), timeout=timeout, memory_mb=memory_mb)
+
+
+def mbpp_check(record: Mapping, code: str, *, plus: bool = False, timeout: float = DEFAULT_TIMEOUT_S,
+               memory_mb: int = DEFAULT_MEMORY_MB) -> ExecResult:
+    return run_program(mbpp_program(record, code, plus=plus), timeout=timeout, memory_mb=memory_mb)
+
+
+def humaneval_pass(problem: Mapping, completion_code: str, **kw) -> float:
+    """1.0 when the HumanEval tests pass in the sandbox, else 0.0."""
+    return float(humaneval_check(problem, completion_code, **kw).passed)
+
+
+def mbpp_pass(record: Mapping, code: str, **kw) -> float:
+    """1.0 when the MBPP asserts pass in the sandbox, else 0.0."""
+    return float(mbpp_check(record, code, **kw).passed)
