@@ -228,3 +228,17 @@ def test_missing_mask_token_is_an_error():
     del model.config.text_mask_token_id
     with pytest.raises(ValueError, match="no text_mask_token_id"):
         generate(model, TOK, [[3, 4]], alg="prob_conf", max_new_tokens=4)
+
+
+@pytest.mark.parametrize("alg", ["ar", *SDLM_ALGS])
+def test_half_precision_with_padding_rows_gives_no_nans(alg):
+    """bf16 masks use the dtype's most negative finite value: fully hidden padding rows must not make NaNs."""
+    model = cyclic_model("qwen2").to(torch.bfloat16)
+    try:
+        prompts = [cycle_prompt(0, 9), cycle_prompt(3, 1), cycle_prompt(5, 4)]  # left padding of 8 and 5 tokens
+        gens = generate(model, TOK, prompts, alg=alg, block_size=4, threshold=0.9, max_new_tokens=12)
+        single = [generate(model, TOK, [p], alg=alg, block_size=4, threshold=0.9, max_new_tokens=12)[0] for p in prompts]
+        assert [g.token_ids[:3] for g in gens] == [g.token_ids[:3] for g in single]
+        assert gens[0].token_ids == [11, 12] and gens[0].finish_reason == "eos"  # the cycle, then EOS
+    finally:
+        model.to(torch.float32)
