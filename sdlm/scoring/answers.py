@@ -15,7 +15,7 @@ words (``18 \\text{ dollars}``), ``\\frac{a}{b}``, degree signs, so that ``42.0 
 MATH-500 (`math_500_gen`): `math_score` uses math-verify with the configuration of OpenCompass's
 ``MATHVerifyEvaluator`` (gold: ``$<answer>$``, LaTeX + expression extraction; prediction: LaTeX extraction with
 the box first and no anchor-free extraction), with one deliberate difference: we keep math-verify's
-``malformed_operators`` normalisation on for predictions. ``\frac43``, ``\frac 59`` and ``11\sqrt2`` are legal
+``malformed_operators`` normalisation on for predictions. ``\\frac43``, ``\\frac 59`` and ``11\\sqrt2`` are legal
 LaTeX; with OpenCompass's ``malformed_operators=False`` 8 of the 500 MATH-500 reference solutions score 0
 against their own answers, with it on all 500 score 1 (tests/test_scoring.py). Parsing and comparison run under math-verify's own
 ``signal.alarm`` timeouts in the main thread; in other threads (where ``signal`` does not work) they run

@@ -16,9 +16,10 @@
 * **destructive calls refused**: ``reliability_guard`` disables os.system, os.remove, os.unlink, shutil.rmtree,
   os.kill, os.fork, subprocess.Popen, ...; the child then turns each into a stub raising
   ``PermissionError("sandbox: os.system is disabled")``, covers the ``posix`` module twins the guard misses,
-  ``signal.pthread_kill``, ``ctypes``, and refuses writes (``open(..., "w")``, ``os.open``, ``os.mkdir``)
-  outside its temp dir. So the child can neither kill the parent (``os.kill(os.getppid(), 9)`` is refused)
-  nor delete or overwrite files outside its directory.
+  ``signal.pthread_kill``, ``ctypes``, and allows writes, deletions and renames (``open(..., "w")``,
+  ``os.open``, ``os.mkdir``, ``os.remove``, ``os.rename``, ...) only inside its temp dir (so ``tempfile``
+  works). So the child can neither kill the parent (``os.kill(os.getppid(), 9)`` is refused) nor delete or
+  overwrite files outside its directory.
 * **result channel**: the verdict is one JSON line carrying a random nonce on a private copy of the child's
   stdout (the program's own stdout/stderr/stdin are swallowed), so a program that exits early or prints
   "passed" cannot fake a pass.
