@@ -239,7 +239,11 @@ class SDLMLM(TemplateLM):
             from accelerate import Accelerator, InitProcessGroupKwargs
 
             acc = Accelerator(kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(weeks=52))])
-            if acc.num_processes > 1:
+            if acc.num_processes <= 1:
+                raise ValueError(
+                    f"WORLD_SIZE={os.environ['WORLD_SIZE']} but accelerate sees a single process, so every process would "
+                    "evaluate everything; on CPU set ACCELERATE_USE_CPU=1, otherwise launch with `accelerate launch`")
+            else:
                 self.accelerator = acc
                 self._rank, self._world_size = acc.process_index, acc.num_processes
                 if device not in (None, str(acc.device)):

@@ -1,0 +1,232 @@
+"""One evaluation cell: ``lm_eval.simple_evaluate`` with our model and tasks -> fixed-name files.
+
+:func:`evaluate_cell` runs the ``sdlm`` model (:class:`sdlm.adapter.SDLMLM`) on lm-eval tasks (ours in
+``<repo>/tasks``, or stock lm-eval tasks) and writes, into ``output_dir``, always under these names:
+
+* ``samples_<task>.jsonl``  lm-eval's logged samples (doc, prompt arguments, raw and filtered responses, metrics)
+* ``stats_<task>.jsonl``    one decode-statistics row per generation request (``SDLMLM.request_stats``)
+* ``results.json``          lm-eval's results dict (samples removed) + ``sdlm`` (model info, chat template)
+                            + ``provenance`` (config and its hash, versions, git, hardware, seed)
+* ``cell.json``             written LAST: a JSON list, one summary row per task (see :func:`cell_row`)
+
+Every file is written atomically (temp file + rename) and a stale ``cell.json`` is deleted before the run,
+so "``cell.json`` exists" means "this cell finished and its other files are complete".
+
+Errors a user can cause (unknown task, malformed model_args, bad alg/threshold, missing data directory) are
+raised before the model is loaded, as exceptions with a one-line message; the CLI prints that line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import logging
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from sdlm.provenance import atomic_write_json, atomic_write_jsonl, config_hash, provenance
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TASKS_DIR = REPO_ROOT / "tasks"
+DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # the SDLM authors' evaluation setting (spec section 6)
+CELL_FILE, RESULTS_FILE = "cell.json", "results.json"
+
+
+# ------------------------------------------------------------------------------------------- tasks
+@functools.lru_cache(maxsize=2)
+def task_manager(include_defaults: bool = False):
+    """``TaskManager`` over ``<repo>/tasks`` (plus lm-eval's stock tasks when ``include_defaults``).
+
+    Indexing the ~15k stock tasks takes seconds, so it is only done when a requested name is not ours."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=str(TASKS_DIR), include_defaults=include_defaults)
+
+
+def our_tasks() -> list[str]:
+    tm = task_manager(False)
+    return sorted(n for n, e in tm.task_index.items() if not n.startswith("_") and e.yaml_path is not None
+                  and Path(e.yaml_path).resolve().is_relative_to(TASKS_DIR.resolve()))
+
+
+def resolve_tasks(tasks: str | list[str] | tuple[str, ...]):
+    """Validate task names up front; return ``(task_manager, names)``. Unknown names -> one-line ValueError."""
+    if isinstance(tasks, str):
+        tasks = tasks.split(",")
+    bad = [t for t in tasks if not isinstance(t, str)]
+    if bad:
+        raise ValueError(f"task names must be strings, got {bad!r}")
+    names = list(dict.fromkeys(t.strip() for t in tasks if t.strip()))
+    if not names:
+        raise ValueError(f"no task given; available: {', '.join(our_tasks()) or '(none in tasks/)'}")
+    tm = task_manager(False)
+    if all(n in tm.all_tasks or Path(n).is_file() for n in names):
+        return tm, names
+    tm = task_manager(True)
+    unknown = [n for n in names if n not in tm.all_tasks and not Path(n).is_file()]
+    if unknown:
+        ours = our_tasks()
+        hints = [m for n in unknown for m in difflib.get_close_matches(n, ours + tm.all_tasks, n=2, cutoff=0.75)]
+        hint = f" (did you mean {', '.join(dict.fromkeys(hints))}?)" if hints else ""
+        raise ValueError(
+            f"unknown task(s) {', '.join(map(repr, unknown))}{hint}; available here: {', '.join(ours) or '(none)'} "
+            f"(plus {len(tm.all_tasks)} stock lm-eval tasks/groups: `lm-eval ls tasks`)"
+        )
+    return tm, names
+
+
+def _load_task_objects(tm, names: list[str]) -> list:
+    """Build every task now (datasets included), so a missing data directory fails before the model loads.
+
+    Returns top-level Task/Group objects that ``simple_evaluate`` accepts instead of names."""
+    items: list = []
+    for name in names:
+        loaded = tm.load([name])
+        if name in loaded.get("groups", {}):
+            items.append(loaded["groups"][name])
+        else:
+            items.extend(loaded["tasks"].values())
+    return items
+
+
+# ------------------------------------------------------------------------------------------- summaries
+def _metrics(task_result: dict[str, Any]) -> dict[str, Any]:
+    """lm-eval's ``"metric,filter"`` keys kept verbatim (stderr: ``"metric_stderr,filter"``); "N/A" -> None."""
+    out: dict[str, Any] = {}
+    for k, v in task_result.items():
+        if k in ("alias", "name", "sample_len", "samples") or "," not in k:
+            continue
+        if isinstance(v, str):
+            v = None
+        elif isinstance(v, float) and math.isnan(v):
+            v = None
+        out[k] = v
+    return out
+
+
+def cell_row(task: str, *, lm, results: dict, stats: list[dict], prov: dict, extra: dict) -> dict[str, Any]:
+    """The summary row of one task: what the report reads."""
+    from sdlm.adapter import decode_totals
+
+    n = (results.get("n-samples", {}).get(task) or {}).get("effective")
+    return {
+        "task": task,
+        "model": lm.pretrained,
+        "alg": lm.alg,
+        "block_size": lm.block_size,
+        "threshold": lm.threshold,
+        "n": n,
+        "metrics": _metrics(results.get("results", {}).get(task, {})),
+        "decode": decode_totals(stats) if stats else None,
+        **extra,
+        "provenance": prov,
+    }
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+# ------------------------------------------------------------------------------------------- the cell
+def evaluate_cell(
+    model_args: dict | str,
+    tasks: list[str] | str,
+    *,
+    limit: int | float | None = None,
+    output_dir: str | os.PathLike,
+    system_prompt: str | None = DEFAULT_SYSTEM_PROMPT,
+    apply_chat_template: bool = True,
+    seed: int = 1234,
+    gen_kwargs: dict | str | None = None,
+    bootstrap_iters: int = 100000,
+) -> dict[str, Any]:
+    """Evaluate ``model_args`` (the ``sdlm`` model's arguments) on ``tasks``; write the cell files.
+
+    ``system_prompt`` goes to lm-eval as ``system_instruction`` (used with the chat template); ``seed`` seeds
+    python, numpy, torch and few-shot sampling. Returns ``{"output_dir", "rows", "results"}`` on rank 0
+    (``rows`` as in ``cell.json``); other data-parallel ranks return ``{"rank": r, "rows": None}``.
+    """
+    import lm_eval
+
+    from sdlm.adapter import SDLMLM, check_model_args, parse_model_args
+
+    # ---- validate everything cheap first (model_args, limit, seed, task names), then the data, then load
+    args = parse_model_args(model_args)
+    check_model_args(args)
+    if limit is not None:
+        if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0 or \
+                (isinstance(limit, float) and limit >= 1 and not limit.is_integer()):
+            raise ValueError(f"limit must be a positive integer (or a fraction in (0, 1)), got {limit!r}")
+        limit = int(limit) if limit >= 1 else float(limit)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an integer, got {seed!r}")
+    if isinstance(gen_kwargs, str):
+        gen_kwargs = parse_model_args(gen_kwargs) or None
+    out = Path(output_dir)
+    tm, names = resolve_tasks(tasks)
+    items = _load_task_objects(tm, names)  # data errors (SDLM_DATA_DIR) surface here, unchanged
+
+    lm = SDLMLM.create_from_arg_obj(args)  # validates alg/threshold/... before loading the model
+    if lm.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CELL_FILE).unlink(missing_ok=True)  # a failed rerun must not leave an old "complete" marker
+
+    t0 = time.perf_counter()
+    results = lm_eval.simple_evaluate(
+        model=lm, model_args=args, tasks=items, task_manager=tm, limit=limit, log_samples=True,
+        confirm_run_unsafe_code=True, system_instruction=system_prompt, apply_chat_template=apply_chat_template,
+        fewshot_as_multiturn=bool(apply_chat_template), gen_kwargs=gen_kwargs, bootstrap_iters=bootstrap_iters,
+        random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
+    )
+    eval_wall_s = time.perf_counter() - t0
+    gathered = lm.gather_object(lm.request_stats, dst=0)  # every rank must take part
+    if lm.rank != 0 or results is None:
+        return {"rank": lm.rank, "rows": None}
+    stats = [row for part in gathered for row in part]
+
+    # ---- what the run was (hashable config) and what it measured
+    info = lm.get_model_info()
+    chat_template = lm.chat_template(apply_chat_template) if apply_chat_template else None
+    config = {
+        "model_args": {k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in args.items()},
+        "model": {k: v for k, v in info.items() if k != "decode_totals"},
+        "tasks": names, "limit": limit, "system_prompt": system_prompt,
+        "apply_chat_template": apply_chat_template, "gen_kwargs": gen_kwargs, "bootstrap_iters": bootstrap_iters,
+    }
+    prov = provenance(config, seed=seed)
+    samples = results.pop("samples", None) or {}
+    results["sdlm"] = {
+        **info,
+        "chat_template": chat_template,
+        "chat_template_sha256": config_hash(chat_template) if chat_template else None,
+        "system_instruction": system_prompt,
+        "eval_wall_s": eval_wall_s,
+    }
+    results["provenance"] = prov
+
+    leaf_tasks = list(dict.fromkeys([*samples, *results.get("n-samples", {})]))
+    files: dict[str, dict[str, str]] = {}
+    for task in leaf_tasks:
+        rows = sorted((r for r in stats if r.get("task") == task), key=lambda r: (r.get("doc_id") or 0, r.get("idx") or 0))
+        f = {"samples": f"samples_{_safe(task)}.jsonl", "stats": f"stats_{_safe(task)}.jsonl"}
+        atomic_write_jsonl(out / f["samples"], samples.get(task, []))
+        atomic_write_jsonl(out / f["stats"], rows)
+        files[task] = f
+    atomic_write_json(out / RESULTS_FILE, results)
+
+    extra_common = {"limit": limit, "seed": seed, "system_prompt": system_prompt,
+                    "apply_chat_template": apply_chat_template, "model_dtype": info["model_dtype"],
+                    "config_sha256": info["config_sha256"], "eval_wall_s": eval_wall_s}
+    cells = [
+        cell_row(task, lm=lm, results=results, stats=[r for r in stats if r.get("task") == task], prov=prov,
+                 extra={**extra_common, "files": {**files[task], "results": RESULTS_FILE}})
+        for task in leaf_tasks
+    ]
+    atomic_write_json(out / CELL_FILE, cells)  # last: its existence marks the cell complete
+    return {"output_dir": str(out), "rows": cells, "results": results}
