@@ -139,11 +139,50 @@ def run_prepare_model(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------
+# sdlm eval
+
+
+def add_eval(p: argparse.ArgumentParser) -> None:
+    from sdlm.evaluate import DEFAULT_SYSTEM_PROMPT
+
+    p.add_argument("--model-args", required=True,
+                   help="lm-eval model_args of the 'sdlm' model: pretrained=...,alg=prob_conf,block_size=4,threshold=0.98")
+    p.add_argument("--tasks", required=True, help="comma-separated, e.g. gsm8k_sdlm,mbpp_sdlm (ours in tasks/, or stock)")
+    p.add_argument("--output", required=True, help="cell folder: results.json, samples_<task>.jsonl, stats_<task>.jsonl, cell.json")
+    p.add_argument("--limit", type=float, default=None, help="first N docs per task (testing only)")
+    p.add_argument("--system-prompt", default=DEFAULT_SYSTEM_PROMPT, help=f"system turn (default {DEFAULT_SYSTEM_PROMPT!r})")
+    p.add_argument("--no-chat-template", action="store_true", help="raw prompts instead of the chat template")
+    p.add_argument("--gen-kwargs", default=None, help="override the tasks' generation kwargs, e.g. max_gen_toks=512")
+    p.add_argument("--seed", type=int, default=1234)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from sdlm.evaluate import evaluate_cell
+
+    limit = args.limit
+    if limit is not None and limit >= 1:
+        if not limit.is_integer():
+            raise ValueError(f"--limit must be a whole number of docs or a fraction below 1, got {limit}")
+        limit = int(limit)
+    out = evaluate_cell(args.model_args, args.tasks.split(","), limit=limit, output_dir=args.output,
+                        system_prompt=args.system_prompt, apply_chat_template=not args.no_chat_template,
+                        seed=args.seed, gen_kwargs=args.gen_kwargs)
+    for row in out.get("rows") or []:
+        d = row["decode"] or {}
+        metrics = " ".join(f"{k}={v:.4f}" for k, v in row["metrics"].items() if "_stderr" not in k and v is not None)
+        print(f"{row['task']}: n={row['n']} {metrics} tpf={d.get('tpf', 0):.3f} tok/s={d.get('tokens_per_s', 0):.1f}")
+    if out.get("rows") is not None:
+        print(f"wrote {args.output}/cell.json")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
 
 #: name -> (help, add_arguments, run). Other subcommands (eval, bench, report) plug in here.
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "retrofit": ("NSP retrofit (or AR-SFT baseline) of a causal LM", add_retrofit, run_retrofit),
     "prepare-model": ("materialise a model source into a HF folder (+ mask token)", add_prepare_model, run_prepare_model),
+    "eval": ("evaluate one cell (model x alg x D x tau) on lm-eval tasks", add_eval, run_eval),
 }
 
 
@@ -157,8 +196,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_progress_bars() -> None:
+    """Weight-loading progress bars would surround the one-line error on stderr; our own log lines
+    (``[sdlm] step ...``) report progress instead."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse: --help (0) or a usage error (2, message already printed)
+        return int(e.code or 0)
+    if not os.environ.get("SDLM_DEBUG"):
+        _quiet_progress_bars()
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

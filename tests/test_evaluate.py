@@ -195,3 +195,32 @@ def test_missing_data_dir_error_reaches_the_user(monkeypatch, tmp_path):
     monkeypatch.setenv("SDLM_DATA_DIR", str(tmp_path))  # set, but without the file
     with pytest.raises(DataNotFoundError, match="missing file .*gsm8k/test.jsonl"):
         evaluate_cell("pretrained=/nowhere,alg=ar", ["gsm8k_sdlm"], limit=2, output_dir=tmp_path / "out")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--model-args", "pretrained=/nowhere,alg=magic", "--tasks", "gsm8k_sdlm"], "unknown alg 'magic'"),
+    (["--model-args", "pretrained=/nowhere,threshold=-1", "--tasks", "gsm8k_sdlm"], "threshold must be a number in (0, inf)"),
+    (["--model-args", "pretrained=/nowhere", "--tasks", "gsm8k_sdlmm"], "unknown task(s) 'gsm8k_sdlmm'"),
+    (["--model-args", "pretrained=/nowhere", "--tasks", "gsm8k_sdlm", "--limit", "0"], "limit must be a positive integer"),
+    (["--model-args", "pretrained", "--tasks", "gsm8k_sdlm"], "malformed model_args item 'pretrained'"),
+    (["--tasks", "gsm8k_sdlm"], "the following arguments are required: --model-args"),
+])
+def test_cli_eval_bad_input(argv, message, tmp_path, capsys):
+    from sdlm.cli import main
+
+    try:
+        rc = main(["eval", *argv, "--output", str(tmp_path / "out")])
+    except SystemExit as e:  # argparse errors exit from inside main
+        rc = e.code
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith("sdlm") and message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_cli_eval_runs_a_cell(ckpt, tmp_path, capsys):
+    from sdlm.cli import main
+
+    rc = main(["eval", "--model-args", f"pretrained={ckpt},{SDLM_ARGS}", "--tasks", "gsm8k_sdlm", "--limit", "1",
+               "--output", str(tmp_path), "--seed", "7"])
+    assert rc == 0 and "gsm8k_sdlm: n=1 exact_match,none=0.0000" in capsys.readouterr().out
+    row = json.loads((tmp_path / "cell.json").read_text())[0]
+    assert row["seed"] == 7 and row["n"] == 1 and row["system_prompt"] == "You are a helpful assistant."
