@@ -18,7 +18,6 @@ raised before the model is loaded, as exceptions with a one-line message; the CL
 
 from __future__ import annotations
 
-import difflib
 import functools
 import logging
 import math
@@ -32,53 +31,35 @@ from sdlm.provenance import atomic_write_json, atomic_write_jsonl, config_hash, 
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-TASKS_DIR = REPO_ROOT / "tasks"
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # the SDLM authors' evaluation setting (spec section 6)
 CELL_FILE, RESULTS_FILE = "cell.json", "results.json"
 
 
 # ------------------------------------------------------------------------------------------- tasks
-@functools.lru_cache(maxsize=2)
-def task_manager(include_defaults: bool = False):
-    """``TaskManager`` over ``<repo>/tasks`` (plus lm-eval's stock tasks when ``include_defaults``).
+def _task_manager(tasks: str | list[str] | tuple[str, ...]):
+    """``(TaskManager, names)`` for the requested tasks, validated by :func:`sdlm.tasks.resolve_tasks`.
 
-    Indexing the ~15k stock tasks takes seconds, so it is only done when a requested name is not ours."""
-    from lm_eval.tasks import TaskManager
+    lm-eval's ~15k stock tasks are indexed (seconds) only when a name is not one of ours."""
+    from sdlm import tasks as sdlm_tasks
 
-    return TaskManager(include_path=str(TASKS_DIR), include_defaults=include_defaults)
-
-
-def our_tasks() -> list[str]:
-    tm = task_manager(False)
-    return sorted(n for n, e in tm.task_index.items() if not n.startswith("_") and e.yaml_path is not None
-                  and Path(e.yaml_path).resolve().is_relative_to(TASKS_DIR.resolve()))
-
-
-def resolve_tasks(tasks: str | list[str] | tuple[str, ...]):
-    """Validate task names up front; return ``(task_manager, names)``. Unknown names -> one-line ValueError."""
     if isinstance(tasks, str):
         tasks = tasks.split(",")
     bad = [t for t in tasks if not isinstance(t, str)]
     if bad:
         raise ValueError(f"task names must be strings, got {bad!r}")
-    names = list(dict.fromkeys(t.strip() for t in tasks if t.strip()))
-    if not names:
-        raise ValueError(f"no task given; available: {', '.join(our_tasks()) or '(none in tasks/)'}")
-    tm = task_manager(False)
-    if all(n in tm.all_tasks or Path(n).is_file() for n in names):
-        return tm, names
-    tm = task_manager(True)
-    unknown = [n for n in names if n not in tm.all_tasks and not Path(n).is_file()]
-    if unknown:
-        ours = our_tasks()
-        hints = [m for n in unknown for m in difflib.get_close_matches(n, ours + tm.all_tasks, n=2, cutoff=0.75)]
-        hint = f" (did you mean {', '.join(dict.fromkeys(hints))}?)" if hints else ""
-        raise ValueError(
-            f"unknown task(s) {', '.join(map(repr, unknown))}{hint}; available here: {', '.join(ours) or '(none)'} "
-            f"(plus {len(tm.all_tasks)} stock lm-eval tasks/groups: `lm-eval ls tasks`)"
-        )
+    where = str(sdlm_tasks.tasks_path())
+    tm = _cached_task_manager(False, where)
+    if not all(not t.strip() or t.strip() in tm.all_tasks or Path(t.strip()).is_file() for t in tasks):
+        tm = _cached_task_manager(True, where)
+    names = list(dict.fromkeys(sdlm_tasks.resolve_tasks(list(tasks), tm=tm)))
     return tm, names
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_task_manager(include_defaults: bool, where: str):
+    from sdlm import tasks as sdlm_tasks
+
+    return sdlm_tasks.task_manager(include_defaults=include_defaults)
 
 
 def _load_task_objects(tm, names: list[str]) -> list:
@@ -169,7 +150,7 @@ def evaluate_cell(
     if isinstance(gen_kwargs, str):
         gen_kwargs = parse_model_args(gen_kwargs) or None
     out = Path(output_dir)
-    tm, names = resolve_tasks(tasks)
+    tm, names = _task_manager(tasks)
     items = _load_task_objects(tm, names)  # data errors (SDLM_DATA_DIR) surface here, unchanged
 
     lm = SDLMLM.create_from_arg_obj(args)  # validates alg/threshold/... before loading the model

@@ -110,13 +110,15 @@ def test_ar_cell_equals_lm_eval_hf_model(ckpt, tmp_path):
     import lm_eval
     from lm_eval.models.huggingface import HFLM
 
+    from sdlm.tasks import task_manager
+
     gen = {"max_gen_toks": 12}
     ours = evaluate_cell(f"pretrained={ckpt},alg=ar,device=cpu", ["gsm8k_sdlm"], limit=2, output_dir=tmp_path,
                          gen_kwargs=gen)
     ours_samples = _jsonl(tmp_path / "samples_gsm8k_sdlm.jsonl")
     theirs = lm_eval.simple_evaluate(
         model=HFLM(pretrained=ckpt, device="cpu", batch_size=2, dtype="float32"), tasks=["gsm8k_sdlm"], limit=2,
-        task_manager=ev.task_manager(False), apply_chat_template=True, system_instruction=ev.DEFAULT_SYSTEM_PROMPT,
+        task_manager=task_manager(include_defaults=False), apply_chat_template=True, system_instruction=ev.DEFAULT_SYSTEM_PROMPT,
         gen_kwargs=gen, log_samples=True, random_seed=1234, numpy_random_seed=1234, torch_random_seed=1234,
         fewshot_random_seed=1234)
     theirs_samples = theirs["samples"]["gsm8k_sdlm"]
@@ -165,9 +167,8 @@ def test_interrupted_run_leaves_no_cell_json(ckpt, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("model_args, tasks, message", [
-    ("pretrained=/nowhere,alg=ar", ["gsm8k_sdlmm"],
-     "unknown task(s) 'gsm8k_sdlmm' (did you mean gsm8k_sdlm?); available here: gsm8k_sdlm, "),
-    ("pretrained=/nowhere,alg=ar", ["no_such_task"], "stock lm-eval tasks/groups"),
+    ("pretrained=/nowhere,alg=ar", ["gsm8k_sdlmm"], "unknown task 'gsm8k_sdlmm'; did you mean gsm8k_sdlm"),
+    ("pretrained=/nowhere,alg=ar", ["no_such_task"], "available: gsm8k_sdlm, math500_sdlm, humaneval_sdlm"),
     ("pretrained=/nowhere,alg=fast", ["gsm8k_sdlm"], "unknown alg 'fast'; choose one of ar, prob_conf"),
     ("pretrained=/nowhere,threshold=0", ["gsm8k_sdlm"], "threshold must be a number in (0, inf), got 0"),
     ("pretrained=/nowhere,threshold=nan", ["gsm8k_sdlm"], "threshold must be a number in (0, inf), got nan"),
@@ -200,7 +201,7 @@ def test_missing_data_dir_error_reaches_the_user(monkeypatch, tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--model-args", "pretrained=/nowhere,alg=magic", "--tasks", "gsm8k_sdlm"], "unknown alg 'magic'"),
     (["--model-args", "pretrained=/nowhere,threshold=-1", "--tasks", "gsm8k_sdlm"], "threshold must be a number in (0, inf)"),
-    (["--model-args", "pretrained=/nowhere", "--tasks", "gsm8k_sdlmm"], "unknown task(s) 'gsm8k_sdlmm'"),
+    (["--model-args", "pretrained=/nowhere", "--tasks", "gsm8k_sdlmm"], "unknown task 'gsm8k_sdlmm'"),
     (["--model-args", "pretrained=/nowhere", "--tasks", "gsm8k_sdlm", "--limit", "0"], "limit must be a positive integer"),
     (["--model-args", "pretrained", "--tasks", "gsm8k_sdlm"], "malformed model_args item 'pretrained'"),
     (["--tasks", "gsm8k_sdlm"], "the following arguments are required: --model-args"),
