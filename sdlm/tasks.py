@@ -73,7 +73,7 @@ def resolve_tasks(names: str | Iterable[str], *, tm=None) -> list[str]:
     if unknown:
         name = unknown[0]
         close = difflib.get_close_matches(name, sorted(ours), n=5, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        hint = f"; did you mean {', '.join(close)}?" if close else ";"
         raise ValueError(
             f"unknown task {name!r}{hint} available: {', '.join(SDLM_TASKS)}, the tag 'sdlm_paper', and "
             f"lm-eval's stock tasks (`lm-eval ls tasks`)"
