@@ -251,6 +251,9 @@ class SDLMLM(TemplateLM):
                 device = str(acc.device)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        elif device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but CUDA is not available here (lm-eval's CLI defaults to "
+                             "cuda:0): pass --device cpu or device=cpu in model_args")
 
         # ---- model
         self.pretrained = str(pretrained)

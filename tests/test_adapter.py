@@ -233,3 +233,19 @@ def test_ar_generations_equal_hflm_llama(tmp_path):
     assert ours.get_model_info()["mask_token_id"] is None  # a plain AR checkpoint runs with alg=ar
     with pytest.raises(ValueError, match="has no text_mask_token_id"):
         SDLMLM(pretrained=path, alg="prob_conf", block_size=4, device="cpu")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_requested_without_cuda_is_a_clear_error():
+    """lm-eval's CLI injects device=cuda:0 by default; on a CPU machine say so instead of a torch assertion."""
+    with pytest.raises(ValueError, match="device 'cuda:0' requested but CUDA is not available"):
+        SDLMLM.create_from_arg_string("pretrained=/nowhere,alg=ar", {"device": "cuda:0", "batch_size": 1})
+
+
+def test_bf16_runs(ckpt):
+    lm = SDLMLM(pretrained=ckpt, alg="prob_conf", dtype="bf16", device="cpu")
+    assert lm.get_model_info()["model_dtype"] == "bfloat16"
+    out = lm.generate_until(_gen_reqs([_chat(lm, QUESTIONS[0])], until=[], max_gen_toks=6))
+    assert isinstance(out[0], str) and lm.request_stats[0]["new_tokens"] >= 1
+    (ll, _), = lm.loglikelihood([Instance("loglikelihood", {}, ("hello", " world"), 0, ("demo", 0, 1))])
+    assert math.isfinite(ll) and ll < 0
