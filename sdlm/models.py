@@ -118,9 +118,9 @@ def ensure_mask_token(model: Any, tokenizer: Any, *, block_size: int, causal_att
     if cfg_id is not None and 0 <= cfg_id < emb.weight.shape[0]:
         mask_id = cfg_id
     else:
-        vocab = tokenizer.get_vocab()
         n_real = len(tokenizer)
-        if token not in vocab:
+        added = token not in tokenizer.get_vocab()
+        if added:
             from tokenizers import AddedToken
 
             tokenizer.add_special_tokens(
@@ -128,9 +128,11 @@ def ensure_mask_token(model: Any, tokenizer: Any, *, block_size: int, causal_att
                 replace_extra_special_tokens=False,
             )
         mask_id = int(tokenizer.convert_tokens_to_ids(token))
-        if mask_id >= emb.weight.shape[0]:
+        resized = mask_id >= emb.weight.shape[0]
+        if resized:
             model.resize_token_embeddings(mask_id + 1, mean_resizing=False)
-        _init_rows_to_mean(model, mask_id, n_real=min(n_real, mask_id))
+        if added or resized:  # a token the tokenizer already had keeps its (maybe trained) row
+            _init_rows_to_mean(model, mask_id, n_real=min(n_real, mask_id))
     cfg = model.config
     cfg.text_mask_token_id = int(mask_id)
     cfg.text_mask_token = tokenizer.convert_ids_to_tokens(int(mask_id)) if mask_id < len(tokenizer) else token

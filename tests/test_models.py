@@ -75,6 +75,18 @@ def test_mask_token_uses_spare_embedding_rows():
     assert torch.allclose(model.get_input_embeddings().weight[mid], model.get_input_embeddings().weight[:n].mean(0), atol=1e-6)
 
 
+def test_existing_token_without_config_key_keeps_its_row():
+    """A tokenizer that already has the token (config key lost): reuse its id, do not re-initialise it."""
+    model, tok = tiny_model("llama")
+    mid = ensure_mask_token(model, tok, block_size=4)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[mid] = 1.5  # pretend it was trained
+    del model.config.text_mask_token_id
+    n = len(tok)
+    assert ensure_mask_token(model, tok, block_size=4) == mid and len(tok) == n
+    assert torch.all(model.get_input_embeddings().weight[mid] == 1.5)
+
+
 def test_config_keys_saved_and_reloaded(tmp_path):
     model, tok = tiny_model("qwen2")
     mid = ensure_mask_token(model, tok, block_size=4)
