@@ -177,12 +177,36 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------
+# sdlm report
+
+
+def add_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--cells", nargs="+", required=True, help="cell.json files, or folders searched for them (e.g. results/cells)")
+    p.add_argument("--out", required=True, help="report folder: cells.csv, batches.csv, tables (.md/.tex/.html), figures (.png)")
+    p.add_argument("--paper", default=None, help="published numbers CSV beside matching configs (results/paper/paper_numbers.csv)")
+    p.add_argument("--models", default=None, help="model metadata JSON (labels, paper_model, baseline; the pipeline writes results/report/models.json)")
+    p.add_argument("--table3-tau", type=float, default=0.98, help="tau of the confidence rows of Table 3 (default 0.98)")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from sdlm.report import report
+
+    for path in [args.paper, args.models]:
+        if path is not None and not Path(path).is_file():
+            raise ValueError(f"file {path!r} does not exist")
+    frame = report(args.cells, args.out, paper=args.paper, models=args.models, table3_tau=args.table3_tau)
+    print(f"{len(frame)} rows from {frame['cell_path'].nunique() if len(frame) else 0} cells -> {args.out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
 
 #: name -> (help, add_arguments, run). Other subcommands (eval, bench, report) plug in here.
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "retrofit": ("NSP retrofit (or AR-SFT baseline) of a causal LM", add_retrofit, run_retrofit),
     "prepare-model": ("materialise a model source into a HF folder (+ mask token)", add_prepare_model, run_prepare_model),
     "eval": ("evaluate one cell (model x alg x D x tau) on lm-eval tasks", add_eval, run_eval),
+    "report": ("aggregate evaluation cells into tables and figures", add_report, run_report),
 }
 
 
