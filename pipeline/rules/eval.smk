@@ -1,0 +1,76 @@
+# Stage 4: evaluation cells. One job per (model, task, decoder) -> results/cells/<model>/<task>/<decoder>/,
+# written by `sdlm eval` (results.json, samples_<task>.jsonl, stats_<task>.jsonl, and cell.json LAST and
+# atomically: a cell folder without cell.json is not done, and the job reruns). Decoders:
+#   <alg>_D<D>_tau<tau>     confidence decoding (prob_conf | entropy_conf)
+#   self_speculative_D<D>   self-speculative decoding (lossless: no threshold)
+#   ar                      greedy AR decoding (the baselines; SDLMs too with decoding.ar_on_sdlm)
+# Evaluation requests stream to the job log (lm-eval's progress bar "generate_until (sdlm)").
+
+_EVAL_SHELL = ("OMP_NUM_THREADS={threads} sdlm eval {params.args} --output {params.outdir} > {log} 2>&1")
+
+
+def _eval_rule_resources(key):
+    return lambda wc: eval_resources(wc)[key]
+
+
+rule eval_confidence:
+    input:
+        model=model_ready,
+    output:
+        f"{RESULTS}/cells/{{model}}/{{task}}/{{alg}}_D{{D}}_tau{{tau}}/cell.json",
+    params:
+        args=lambda wc: eval_args(wc, wc.alg, wc.D, wc.tau),
+        outdir=lambda wc, output: os.path.dirname(output[0]),
+    log:
+        f"{RESULTS}/logs/eval/{{model}}/{{task}}/{{alg}}_D{{D}}_tau{{tau}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/eval/{{model}}/{{task}}/{{alg}}_D{{D}}_tau{{tau}}.tsv"
+    threads: _eval_rule_resources("threads")
+    resources:
+        mem_mb=_eval_rule_resources("mem_mb"),
+        gpu=_eval_rule_resources("gpu"),
+        runtime=_eval_rule_resources("runtime"),
+    shell:
+        _EVAL_SHELL
+
+
+rule eval_self_speculative:
+    input:
+        model=model_ready,
+    output:
+        f"{RESULTS}/cells/{{model}}/{{task}}/self_speculative_D{{D}}/cell.json",
+    params:
+        args=lambda wc: eval_args(wc, "self_speculative", wc.D),
+        outdir=lambda wc, output: os.path.dirname(output[0]),
+    log:
+        f"{RESULTS}/logs/eval/{{model}}/{{task}}/self_speculative_D{{D}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/eval/{{model}}/{{task}}/self_speculative_D{{D}}.tsv"
+    threads: _eval_rule_resources("threads")
+    resources:
+        mem_mb=_eval_rule_resources("mem_mb"),
+        gpu=_eval_rule_resources("gpu"),
+        runtime=_eval_rule_resources("runtime"),
+    shell:
+        _EVAL_SHELL
+
+
+rule eval_ar:
+    input:
+        model=model_ready,
+    output:
+        f"{RESULTS}/cells/{{model}}/{{task}}/ar/cell.json",
+    params:
+        args=lambda wc: eval_args(wc, "ar"),
+        outdir=lambda wc, output: os.path.dirname(output[0]),
+    log:
+        f"{RESULTS}/logs/eval/{{model}}/{{task}}/ar.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/eval/{{model}}/{{task}}/ar.tsv"
+    threads: _eval_rule_resources("threads")
+    resources:
+        mem_mb=_eval_rule_resources("mem_mb"),
+        gpu=_eval_rule_resources("gpu"),
+        runtime=_eval_rule_resources("runtime"),
+    shell:
+        _EVAL_SHELL
