@@ -1,0 +1,246 @@
+"""The Snakemake pipeline (Snakefile + pipeline/): DAGs of the shipped configs, config validation, and a
+complete run of the tiny config (config/test.yaml) in a temporary working directory (the repository is not
+written to): tables and figures, no-op rerun, one deleted cell reruns alone with the report, a killed
+evaluation restarts cleanly, a changed tau adds only its cells, `snakemake --report`, `sdlm report`.
+
+Snakemake runs in a subprocess (``python -m snakemake``), as a user would run it. About a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+TEST_CONFIG = REPO / "config" / "test.yaml"
+DATA_DIR = Path(os.environ.get("SDLM_DATA_DIR") or REPO.parent / "shared" / "data")
+REPORT_FILES = [f"{t}.{e}" for t in ("table1", "table3", "speed") for e in ("md", "tex", "html")] + [
+    "fig_tau_ablation.png", "fig_throughput.png", "provenance.md", "cells.csv", "batches.csv", "models.json"]
+
+pytestmark = pytest.mark.skipif(not (DATA_DIR / "gsm8k" / "test.jsonl").is_file(),
+                                reason=f"benchmark data not found in {DATA_DIR} (set SDLM_DATA_DIR)")
+
+
+def smk(workdir: Path, *args: str, config: Path | None = TEST_CONFIG, timeout: float = 600,
+        check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir), *args]
+    if config is not None:
+        cmd += ["--configfile", str(config)]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a (dry) run -> {rule: count} (first table only)."""
+    m = re.search(r"Job stats:\n.*?\n-+\s+-+\n(.*?)\ntotal\s+(\d+)", output, re.S)
+    if not m:
+        return {}
+    counts = {line.split()[0]: int(line.split()[1]) for line in m.group(1).splitlines() if line.strip()}
+    counts["total"] = int(m.group(2))
+    return counts
+
+
+def dry(workdir: Path, *args: str, config: Path | None = TEST_CONFIG) -> dict[str, int]:
+    proc = smk(workdir, "-n", *args, config=config)
+    out = proc.stdout + proc.stderr
+    return {} if "Nothing to be done" in out else job_counts(out)
+
+
+def write_config(path: Path, **changes) -> Path:
+    cfg = yaml.safe_load(TEST_CONFIG.read_text())
+    for dotted, value in changes.items():
+        *parents, last = dotted.split(".")
+        node = cfg
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = value
+    path.write_text(yaml.safe_dump(cfg, sort_keys=True))  # reordered keys must not matter
+    return path
+
+
+# ================================================================================ dry runs of the shipped configs
+@pytest.mark.parametrize("name, expected", [
+    ("config.yaml", {"prepare_model": 1, "prepare_sft": 1, "retrofit": 2, "ar_sft": 1, "eval_confidence": 20,
+                     "eval_self_speculative": 6, "eval_ar": 3, "models_meta": 1, "aggregate": 1, "report": 1,
+                     "all": 1, "total": 38}),
+    ("paper.yaml", {"prepare_model": 6, "prepare_sft": 1, "retrofit": 2, "ar_sft": 1, "eval_confidence": 240,
+                    "eval_self_speculative": 30, "eval_ar": 18, "models_meta": 1, "aggregate": 1, "report": 1,
+                    "all": 1, "total": 302}),
+])
+def test_dag_of_shipped_configs(tmp_path, name, expected):
+    assert dry(tmp_path, config=REPO / "config" / name) == expected
+    assert not any(tmp_path.iterdir()) or set(p.name for p in tmp_path.iterdir()) <= {".snakemake"}
+
+
+def test_default_config_is_the_demo(tmp_path):
+    """No --configfile: config/config.yaml (found next to the Snakefile, whatever the working directory)."""
+    assert dry(tmp_path, config=None)["total"] == 38
+
+
+def test_paper_commands(tmp_path):
+    """The paper config: released checkpoints by hub id on GPU, retrofits through accelerate + ZeRO-1."""
+    proc = smk(tmp_path, "-n", "-p", "results/checkpoints/qwen2.5-3b-D4/sdlm_training.json",
+               "results/cells/sdlm-32b-d4/math500_sdlm/self_speculative_D4/cell.json",
+               config=REPO / "config" / "paper.yaml")
+    out = proc.stdout
+    assert "accelerate launch --num_processes 8 --multi_gpu --mixed_precision bf16 -m sdlm.cli retrofit" in out
+    assert f"--deepspeed {REPO}/pipeline/deepspeed/zero1.json" in out
+    assert "pretrained=OpenGVLab/SDLM-32B-D4,alg=self_speculative,block_size=4" in out
+    assert "max_new_tokens=2048,dtype=bf16,device=auto" in out
+    assert "--system-prompt 'You are a helpful assistant.'" in out
+
+
+def test_slurm_profile_dry_run(tmp_path):
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    proc = smk(tmp_path, "-n", "--workflow-profile", str(REPO / "pipeline" / "profiles" / "slurm"),
+               config=REPO / "config" / "paper.yaml")
+    assert job_counts(proc.stdout + proc.stderr)["total"] == 302
+
+
+# ================================================================================ validation
+@pytest.mark.parametrize("changes, needle", [
+    ({"decoding.tuas": [0.9]}, "tuas"),                       # unknown key
+    ({"colour": "blue"}, "colour"),                            # unknown top-level key
+    ({"decoding.algs": ["prob_conf", "fast_conf"]}, "fast_conf"),  # unknown value
+    ({"decoding.taus": [-0.5]}, "-0.5"),                       # out of range
+    ({"tasks.gsm8k_sdlm.limit": "two"}, "two"),               # wrong type
+    ({"models.tiny.retrofit.data": "nope"}, "nope"),           # dangling reference (checked after the schema)
+    ({"models.tiny.retrofit.training": "slow"}, "slow"),
+])
+def test_config_errors_name_the_culprit(tmp_path, changes, needle):
+    cfg = write_config(tmp_path / "bad.yaml", **changes)
+    proc = smk(tmp_path, "-n", config=cfg, check=False)
+    assert proc.returncode != 0
+    out = proc.stdout + proc.stderr
+    assert needle in out, out[-3000:]
+    assert not (tmp_path / "results").exists()  # failed before any job ran
+
+
+def test_cell_outside_the_grid_is_refused(tmp_path):
+    proc = smk(tmp_path, "-n", "results/cells/tiny-D4/gsm8k_sdlm/prob_conf_D4_tau0.5/cell.json", check=False)
+    assert proc.returncode != 0
+    assert "not in this configuration's grid" in proc.stdout + proc.stderr
+
+
+# ================================================================================ a complete tiny run
+CELLS = [
+    "tiny-D4/gsm8k_sdlm/prob_conf_D4_tau0.9", "tiny-D4/gsm8k_sdlm/self_speculative_D4", "tiny-ar/gsm8k_sdlm/ar",
+    "tiny-D4/mbpp_sdlm/prob_conf_D4_tau0.9", "tiny-D4/mbpp_sdlm/self_speculative_D4", "tiny-ar/mbpp_sdlm/ar",
+]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("pipeline")
+    assert dry(wd)["total"] == 14
+    proc = smk(wd, "--cores", "2")
+    return wd, proc
+
+
+def test_run_produces_tables_and_figures(run):
+    wd, proc = run
+    out = wd / "results" / "report"
+    for name in REPORT_FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    for cell in CELLS:
+        assert (wd / "results" / "cells" / cell / "cell.json").is_file()
+    import pandas as pd
+
+    frame = pd.read_csv(out / "cells.csv")
+    assert len(frame) == 6 and set(frame["model"]) == {"tiny-D4", "tiny-ar"}
+    assert frame["git_commit"].notna().all() and frame["config_hash"].notna().all()
+    md = (out / "table1.md").read_text()
+    assert "tiny Qwen2 NSP D=4" in md and "tiny Qwen2 AR-SFT" in md and "GSM8K" in md and "MBPP" in md
+    assert "\\toprule" in (out / "table1.tex").read_text()
+    assert "<table" in (out / "table3.html").read_text()
+    assert (out / "fig_tau_ablation.png").read_bytes()[:4] == b"\x89PNG"
+    # progress reached the logs: training steps and evaluation requests
+    assert "[sdlm] step 2/2" in (wd / "results/logs/retrofit/tiny-D4.log").read_text()
+    assert "generate_until" in (wd / "results/logs/eval/tiny-ar/gsm8k_sdlm/ar.log").read_text()
+    assert (wd / "results/benchmarks/eval/tiny-ar/gsm8k_sdlm/ar.tsv").is_file()
+
+
+def test_rerun_is_a_no_op(run):
+    wd, _ = run
+    assert dry(wd) == {}
+
+
+def test_deleted_cell_reruns_alone_with_the_report(run):
+    wd, _ = run
+    cell = wd / "results" / "cells" / CELLS[1] / "cell.json"
+    retro = (wd / "results/checkpoints/tiny-D4/sdlm_training.json").stat().st_mtime
+    cell.unlink()
+    assert dry(wd) == {"eval_self_speculative": 1, "aggregate": 1, "report": 1, "all": 1, "total": 4}
+    assert dry(wd, str(cell.relative_to(wd))) == {"eval_self_speculative": 1, "total": 1}  # one cell as a target
+    smk(wd, "--cores", "2")
+    assert cell.is_file() and dry(wd) == {}
+    assert (wd / "results/checkpoints/tiny-D4/sdlm_training.json").stat().st_mtime == retro
+
+
+def test_partial_cell_is_not_done(run):
+    """A cell folder with everything but cell.json (an interrupted evaluation) is redone, and the report
+    never reads it."""
+    wd, _ = run
+    cell_dir = wd / "results" / "cells" / CELLS[2]
+    (cell_dir / "cell.json").unlink()
+    (cell_dir / ".cell.json.abc.tmp").write_text('[{"task": "gsm8k_sdlm"')  # a write cut short
+    from sdlm.report import find_cells
+
+    assert cell_dir / "cell.json" not in find_cells(wd / "results" / "cells")
+    assert dry(wd)["eval_ar"] == 1
+    smk(wd, "--cores", "2")
+    assert dry(wd) == {}
+
+
+def test_killed_evaluation_restarts(run):
+    """SIGKILL the whole run while a cell is evaluating: no cell.json is left behind, and after
+    `--unlock` the next run redoes exactly that cell and the report."""
+    wd, _ = run
+    cell = wd / "results" / "cells" / CELLS[3] / "cell.json"
+    log = wd / "results/logs/eval" / (CELLS[3] + ".log")
+    cell.unlink()
+    log.unlink()
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(wd),
+           "--configfile", str(TEST_CONFIG), "--cores", "2", str(cell.relative_to(wd))]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.time()
+    while not log.exists() and time.time() - t0 < 120 and proc.poll() is None:
+        time.sleep(0.05)
+    assert log.exists(), "the evaluation job never started"
+    os.killpg(proc.pid, signal.SIGKILL)  # the job and Snakemake, like a node failure
+    proc.wait()
+    assert not cell.exists(), "killed before the end, yet cell.json exists"
+    smk(wd, "--unlock")
+    assert dry(wd) == {"eval_confidence": 1, "aggregate": 1, "report": 1, "all": 1, "total": 4}
+    smk(wd, "--cores", "2")
+    assert cell.is_file() and dry(wd) == {}
+
+
+def test_new_tau_adds_only_its_cells(run, tmp_path):
+    wd, _ = run
+    cfg = write_config(tmp_path / "taus.yaml", **{"decoding.taus": [0.9, 0.8]})
+    assert dry(wd, config=cfg) == {"eval_confidence": 2, "aggregate": 1, "report": 1, "all": 1, "total": 5}
+
+
+def test_snakemake_report_and_cli_report(run, tmp_path):
+    wd, _ = run
+    smk(wd, "--report", str(tmp_path / "report.html"))
+    assert (tmp_path / "report.html").stat().st_size > 10000
+    out = tmp_path / "cli"
+    proc = subprocess.run([sys.executable, "-m", "sdlm.cli", "report", "--cells", str(wd / "results" / "cells"),
+                           "--out", str(out), "--paper", str(REPO / "results/paper/paper_numbers.csv"),
+                           "--models", str(wd / "results/report/models.json")], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "table1.md").read_text() == (wd / "results/report/table1.md").read_text()
