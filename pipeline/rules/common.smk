@@ -17,11 +17,6 @@ RESULTS = "results"
 CONF_ALGS = ("prob_conf", "entropy_conf")
 
 
-def _get(d, key, default):
-    v = (d or {}).get(key)
-    return default if v is None else v
-
-
 def repo_path(p):
     """A config path: absolute as given, relative to the repository otherwise."""
     p = Path(os.path.expanduser(str(p)))
@@ -246,3 +241,111 @@ def eval_args(wildcards, alg, D=None, tau=None):
 
 def eval_resources(wildcards):
     return eval_settings(wildcards.model)["resources"]
+
+
+# ---------------------------------------------------------------------------------------------- SFT data
+def _sft_local_inputs(wildcards):
+    comps = config["sft_data"][wildcards.dataset]["components"]
+    return [str(repo_path(c["source"])) for c in comps if c["source"] != "gsm8k" and not c["source"].startswith("hub:")]
+
+
+# ---------------------------------------------------------------------------------------------- training
+_TRAIN_FLAGS = {  # config key -> `sdlm retrofit` option
+    "max_steps": "--max-steps", "epochs": "--epochs", "lr": "--lr", "batch_size": "--batch-size",
+    "grad_accum": "--grad-accum", "max_len": "--max-len", "repeat": "--repeat", "seed": "--seed",
+    "warmup": "--warmup", "weight_decay": "--weight-decay", "lr_scheduler": "--lr-scheduler",
+    "logging_steps": "--logging-steps", "save_steps": "--save-steps", "limit": "--limit",
+    "attn_implementation": "--attn-implementation",
+}
+_TRAIN_SWITCHES = {"clean_loss": "--clean-loss", "causal_attn": "--causal-attn", "bf16": "--bf16",
+                   "gradient_checkpointing": "--gradient-checkpointing"}
+
+
+def train_resources(base):
+    return resources_of(training_of(base).get("resources"))
+
+
+def retrofit_command(wildcards, ar=False):
+    """The whole `sdlm retrofit` command line of one job (launcher included), shell-quoted."""
+    base = wildcards.base
+    t = training_of(base)
+    res = train_resources(base)
+    if t.get("launcher", "sdlm") == "accelerate":
+        n = t.get("num_processes") or max(res["gpu"], 1)
+        cmd = ["accelerate", "launch", "--num_processes", str(n)]
+        if n > 1:
+            cmd.append("--multi_gpu")
+        if t.get("bf16"):
+            cmd += ["--mixed_precision", "bf16"]
+        cmd += ["-m", "sdlm.cli"]
+    else:
+        cmd = ["sdlm"]
+    out = f"{RESULTS}/checkpoints/{base}-ar" if ar else f"{RESULTS}/checkpoints/{base}-D{wildcards.D}"
+    cmd += ["retrofit", "--base", source_for_loading(base), "--data",
+            f"{RESULTS}/data/sft/{config['models'][base]['retrofit']['data']}.jsonl", "--out", out, "--overwrite"]
+    if ar:
+        cmd.append("--ar-baseline")
+    else:
+        cmd += ["--block-size", str(wildcards.D)]
+    cmd += ["--seed", str(t.get("seed", config["seed"]))] if "seed" not in t else []
+    for k, flag in _TRAIN_FLAGS.items():
+        if t.get(k) is not None:
+            cmd += [flag, str(t[k])]
+    cmd += [flag for k, flag in _TRAIN_SWITCHES.items() if t.get(k)]
+    if t.get("deepspeed"):
+        cmd += ["--deepspeed", str(repo_path(t["deepspeed"]))]
+    if t.get("launcher", "sdlm") != "accelerate":
+        cmd += ["--threads", str(res["threads"])]
+    return shlex.join(cmd)
+
+
+def omp_threads(wildcards, threads):
+    """Threads per process: the job's threads shared among accelerate's processes."""
+    t = training_of(wildcards.base)
+    n = (t.get("num_processes") or max(train_resources(wildcards.base)["gpu"], 1)) if t.get("launcher") == "accelerate" else 1
+    return max(1, threads // n)
+
+
+def _ckpt(path):
+    return protected(path) if config.get("protect_checkpoints") else path
+
+
+def _train_inputs(wildcards):
+    return {
+        "base": f"{RESULTS}/models/{wildcards.base}/source.json",
+        "data": f"{RESULTS}/data/sft/{config['models'][wildcards.base]['retrofit']['data']}.jsonl",
+    }
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+_EVAL_SHELL = ("OMP_NUM_THREADS={threads} sdlm eval {params.args} --output {params.outdir} > {log} 2>&1")
+
+
+def _eval_rule_resources(key):
+    return lambda wc: eval_resources(wc)[key]
+
+
+# ---------------------------------------------------------------------------------------------- report
+REPORT_DIR = f"{RESULTS}/report"
+# (file, caption, category, subcategory); must equal sdlm.report.REPORT_FILES (tests check it)
+REPORT_OUTPUTS = [
+    (f"{t}.{ext}", f"../report/{t}.rst", "Tables", {"table1": "Table 1 (accuracy, TPF)", "table3": "Table 3 (self-speculative)",
+                                                    "speed": "Speed"}[t])
+    for t in ("table1", "table3", "speed") for ext in ("md", "tex", "html")
+] + [
+    ("fig_tau_ablation.png", "../report/fig_tau_ablation.rst", "Figures", "tau ablation"),
+    ("fig_throughput.png", "../report/fig_throughput.rst", "Figures", "throughput"),
+    ("provenance.md", "../report/provenance.rst", "Provenance", "runs"),
+]
+
+
+def paper_numbers_path():
+    p = (config.get("report") or {}).get("paper_numbers")
+    return str(repo_path(p)) if p else None
+
+
+def models_meta():
+    """What the report needs to know about each model key (labels, D, paper key, speed-up baseline)."""
+    return {m: {"label": v["label"], "kind": v["kind"], "origin": v["origin"], "base": v["base"],
+                "block_size": v["block_size"], "paper_model": v["paper_model"], "baseline": v["baseline"],
+                "source": config["models"][v["base"]]["source"]} for m, v in MODELS.items()}

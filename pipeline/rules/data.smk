@@ -3,11 +3,6 @@
 # results/data/sft/<name>.jsonl (one {"messages": [...]} per line, written atomically).
 
 
-def _sft_local_inputs(wildcards):
-    comps = config["sft_data"][wildcards.dataset]["components"]
-    return [str(repo_path(c["source"])) for c in comps if c["source"] != "gsm8k" and not c["source"].startswith("hub:")]
-
-
 rule prepare_sft:
     input:
         _sft_local_inputs,

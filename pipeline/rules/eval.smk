@@ -6,12 +6,6 @@
 #   ar                      greedy AR decoding (the baselines; SDLMs too with decoding.ar_on_sdlm)
 # Evaluation requests stream to the job log (lm-eval's progress bar "generate_until (sdlm)").
 
-_EVAL_SHELL = ("OMP_NUM_THREADS={threads} sdlm eval {params.args} --output {params.outdir} > {log} 2>&1")
-
-
-def _eval_rule_resources(key):
-    return lambda wc: eval_resources(wc)[key]
-
 
 rule eval_confidence:
     input:
