@@ -11,10 +11,8 @@ transformers exactly as for ours; prefill is included in tokens/s for every meth
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 

@@ -589,7 +589,7 @@ def _figure_tau(frame: pd.DataFrame, paper: pd.DataFrame, models: Mapping[str, M
             ax.set_xlabel(xlabel)
             ax.set_ylabel("accuracy (%)")
             ax.grid(alpha=0.3)
-    handles, labels = {}, []
+    handles = {}
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)

@@ -11,16 +11,7 @@ import pytest
 from sdlm import data as sdata
 from sdlm.data import BENCHMARKS, DataNotFoundError, data_dir, data_file, load_records
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _data_dir() -> str | None:
-    d = os.environ.get("SDLM_DATA_DIR") or str(REPO.parent / "shared" / "data")
-    return d if Path(d, "gsm8k", "test.jsonl").is_file() else None
-
-
-DATA = _data_dir()
-needs_data = pytest.mark.skipif(DATA is None, reason="benchmark data not found: set SDLM_DATA_DIR")
+from datadir import DATA, needs_data
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

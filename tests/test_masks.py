@@ -15,15 +15,6 @@ from hypothesis import strategies as st
 from sdlm.masks import to_additive, training_visibility
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """2 shared cores: one thread avoids oversubscription stalls that make tiny forwards 100x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 SPEC_GRID = """
 1 0 0 0 0 0 0 0 0 0 0 0
 1 1 0 0 0 0 0 0 0 0 0 0

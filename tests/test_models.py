@@ -28,14 +28,6 @@ from sdlm.models import (
 from sdlm.testing import tiny_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
 def test_mask_token_added_once_mean_initialised(arch):
     model, tok = tiny_model(arch)

@@ -12,16 +12,7 @@ import pytest
 from sdlm.scoring.code import humaneval_pass, humaneval_program, mbpp_pass, mbpp_program
 from sdlm.scoring.sandbox import ExecResult, run_program, run_programs
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _data_dir() -> str | None:
-    d = os.environ.get("SDLM_DATA_DIR") or str(REPO.parent / "shared" / "data")
-    return d if Path(d, "mbpp", "mbpp.jsonl").is_file() else None
-
-
-DATA = _data_dir()
-needs_data = pytest.mark.skipif(DATA is None, reason="benchmark data not found: set SDLM_DATA_DIR")
+from datadir import DATA, needs_data
 
 
 def _zombie_children() -> list[int]:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from fractions import Fraction
-from pathlib import Path
 
 import pytest
 
@@ -22,16 +20,7 @@ from sdlm.scoring.answers import (
 )
 from sdlm.scoring.code import extract_code, humaneval_program, mbpp_entry_point, mbpp_program
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _data_dir() -> str | None:
-    d = os.environ.get("SDLM_DATA_DIR") or str(REPO.parent / "shared" / "data")
-    return d if Path(d, "gsm8k", "test.jsonl").is_file() else None
-
-
-DATA = _data_dir()
-needs_data = pytest.mark.skipif(DATA is None, reason="benchmark data not found: set SDLM_DATA_DIR")
+from datadir import DATA, needs_data
 
 
 # ------------------------------------------------------------------------------------------ boxes

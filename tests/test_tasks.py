@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 from lm_eval.api.model import LM
@@ -11,17 +10,9 @@ from lm_eval.api.model import LM
 from sdlm.data import DataNotFoundError
 from sdlm.tasks import SDLM_TASKS, resolve_tasks, tasks_path
 
-REPO = Path(__file__).resolve().parents[1]
+from datadir import DATA, needs_data
+
 SYSTEM = "You are a helpful assistant."
-
-
-def _data_dir() -> str | None:
-    d = os.environ.get("SDLM_DATA_DIR") or str(REPO.parent / "shared" / "data")
-    return d if Path(d, "gsm8k", "test.jsonl").is_file() else None
-
-
-DATA = _data_dir()
-needs_data = pytest.mark.skipif(DATA is None, reason="benchmark data not found: set SDLM_DATA_DIR")
 
 EXPECTED_DOCS = {
     "gsm8k_sdlm": 1319,

@@ -15,26 +15,17 @@ import shutil
 import subprocess
 import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from sdlm.models import ensure_mask_token, load_model, save_model, sdlm_settings
-from sdlm.nsp import IGNORE, NSPCollator, ar_row, build_nsp_rows, nsp_row, tokenize_chat
+from sdlm.nsp import IGNORE, NSPCollator, ar_row, build_nsp_rows, nsp_row
 from sdlm.testing import chat_record, tiny_model
 from sdlm.train import RetrofitConfig, block_losses, loss_terms, nsp_forward, retrofit
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def letters_record(rng: random.Random) -> dict:
