@@ -61,6 +61,7 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 
+from sdlm.speed import batch_walls
 from sdlm.decoding import ALGS, generate
 from sdlm.models import _parse_dtype, load_model, resolve_source, sdlm_settings
 
@@ -583,18 +584,13 @@ class SDLMLM(TemplateLM):
 def decode_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Totals over per-request stats rows: TPF = tokens / NFE; tokens/s over the *batches'* wall time.
 
-    Requests decoded together share one clock, so a batch's time is its prefill plus its longest decode,
-    counted once (summing per-request times would count a batch ``batch_size`` times).
+    Batch wall time as in :func:`sdlm.speed.batch_walls`.
     """
     new_tokens = sum(int(r["new_tokens"]) for r in rows)
     nfe = sum(int(r["nfe"]) for r in rows)
-    batches: dict[tuple, list[float]] = {}
-    for r in rows:
-        b = batches.setdefault((r.get("rank", 0), r.get("batch", id(r))), [0.0, 0.0])
-        b[0] = max(b[0], float(r["prefill_s"]))
-        b[1] = max(b[1], float(r["decode_s"]))
-    prefill = sum(b[0] for b in batches.values())
-    decode = sum(b[1] for b in batches.values())
+    batches = batch_walls(rows).values()
+    prefill = sum(b["prefill_s"] for b in batches)
+    decode = sum(b["decode_s"] for b in batches)
     width = max((len(r.get("accepted_hist") or []) for r in rows), default=0)
     hist = [sum((r.get("accepted_hist") or [])[k] if k < len(r.get("accepted_hist") or []) else 0 for r in rows)
             for k in range(width)]

@@ -34,6 +34,8 @@ from typing import Any
 
 import pandas as pd
 
+from sdlm.speed import batch_walls
+
 __all__ = [
     "BENCHMARKS", "PRIMARY_METRIC", "REPORT_FILES", "find_cells", "aggregate", "batch_frame", "load_paper_numbers",
     "load_models", "add_speedup", "table1", "table3", "speed_table", "write_report", "report", "read_frame",
@@ -225,7 +227,7 @@ def aggregate(paths: str | os.PathLike | Iterable[str | os.PathLike]) -> pd.Data
 
 def batch_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """One row per decoded batch, from each cell's ``stats_<task>.jsonl``: a batch's rows share one clock, so
-    its wall time is its prefill plus its longest decode (as :func:`sdlm.adapter.decode_totals`)."""
+    its wall time is its prefill plus its longest decode (:func:`sdlm.speed.batch_walls`)."""
     cols = ["model", "task", "decoder", "alg", "block_size", "tau", "batch", "batch_size", "new_tokens",
             "wall_s", "tokens_per_s", "cell_path"]
     out = []
@@ -233,21 +235,13 @@ def batch_frame(frame: pd.DataFrame) -> pd.DataFrame:
         stats = Path(str(cell.get("stats_file", "")))
         if not stats.is_file():
             continue
-        batches: dict[tuple, dict[str, float]] = {}
-        for line in stats.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            r = json.loads(line)
-            b = batches.setdefault((r.get("rank", 0), r.get("batch")), {"n": 0, "tok": 0, "pre": 0.0, "dec": 0.0})
-            b["n"] += 1
-            b["tok"] += int(r.get("new_tokens") or 0)
-            b["pre"] = max(b["pre"], float(r.get("prefill_s") or 0.0))
-            b["dec"] = max(b["dec"], float(r.get("decode_s") or 0.0))
+        rows = [json.loads(line) for line in stats.read_text(encoding="utf-8").splitlines() if line.strip()]
+        batches = batch_walls(rows)
         for (_, bid), b in sorted(batches.items(), key=lambda kv: str(kv[0])):
-            wall = b["pre"] + b["dec"]
+            wall = b["wall_s"]
             out.append({"model": cell["model"], "task": cell["task"], "decoder": cell["decoder"], "alg": cell["alg"],
                         "block_size": cell["block_size"], "tau": cell["tau"], "batch": bid, "batch_size": b["n"],
-                        "new_tokens": b["tok"], "wall_s": wall, "tokens_per_s": b["tok"] / wall if wall > 0 else None,
+                        "new_tokens": b["tokens"], "wall_s": wall, "tokens_per_s": b["tokens"] / wall if wall > 0 else None,
                         "cell_path": cell["cell_path"]})
     return pd.DataFrame(out, columns=cols)
 
