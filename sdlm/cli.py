@@ -38,6 +38,17 @@ def positive_int(text: str) -> int:
     return v
 
 
+def parse_taus(text: str) -> tuple[float, ...]:
+    """``"0.98,0.82"`` -> (0.98, 0.82); each must be > 0."""
+    try:
+        taus = tuple(float(t) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ValueError(f"thresholds must be comma-separated numbers, got {text!r}") from None
+    if not taus or any(t <= 0 for t in taus):
+        raise ValueError(f"thresholds must be > 0, got {text!r}")
+    return taus
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad input: reported in one line, exit 2."""
     from sdlm.models import MissingSDLMKeyError, ModelSourceError
@@ -77,6 +88,13 @@ def add_retrofit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager"])
     p.add_argument("--deepspeed", default=None, help="DeepSpeed config JSON (e.g. pipeline/deepspeed/zero1.json)")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--freeze-embeddings", action="store_true", help="freeze input embeddings (mask row stays trainable)")
+    p.add_argument("--freeze-layers", type=int, default=0, help="freeze the lowest N decoder layers")
+    p.add_argument("--probe-every", type=int, default=0,
+                   help="TPF probe every N steps on held-out records (0: off); the curve goes to sdlm_training.json")
+    p.add_argument("--probe-prompts", type=positive_int, default=8, help="records held out for the TPF probe")
+    p.add_argument("--probe-max-new-tokens", type=positive_int, default=96)
+    p.add_argument("--probe-taus", default="0.98,0.82", help="comma-separated thresholds probed (default 0.98,0.82)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     p.add_argument("--overwrite", action="store_true", help="replace a finished checkpoint in --out")
 
@@ -103,8 +121,50 @@ def run_retrofit(args: argparse.Namespace) -> int:
         lr_scheduler=args.lr_scheduler, weight_decay=args.weight_decay, logging_steps=args.logging_steps,
         save_steps=args.save_steps, limit=args.limit, attn_implementation=args.attn_implementation,
         deepspeed=args.deepspeed, gradient_checkpointing=args.gradient_checkpointing,
+        freeze_embeddings=args.freeze_embeddings, freeze_layers=args.freeze_layers, probe_every=args.probe_every,
+        probe_prompts=args.probe_prompts, probe_max_new_tokens=args.probe_max_new_tokens,
+        probe_taus=parse_taus(args.probe_taus),
     )
     retrofit(cfg)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
+# sdlm distill
+
+
+def add_distill(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--base", required=True, help="model whose greedy answers become the targets")
+    p.add_argument("--data", required=True, help="chat JSONL or 'gsm8k' (prompts kept, last assistant turn replaced)")
+    p.add_argument("--out", required=True, help="chat JSONL to write (atomically)")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N records")
+    p.add_argument("--max-new-tokens", type=positive_int, default=320)
+    p.add_argument("--batch-size", type=positive_int, default=16)
+    p.add_argument("--drop-unfinished", action="store_true", help="drop answers that hit --max-new-tokens")
+    p.add_argument("--dtype", default=None, help="fp32 (CPU default) | bf16 | fp16 | auto")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+
+
+def run_distill(args: argparse.Namespace) -> int:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    from sdlm.distill import self_distill
+    from sdlm.models import load_model
+    from sdlm.provenance import atomic_write_json, atomic_write_jsonl, provenance
+    from sdlm.sft_data import load_sft_records
+
+    records = load_sft_records(args.data, limit=args.limit)
+    model, tok = load_model(args.base, dtype=args.dtype, device=args.device)
+    out, rep = self_distill(model, tok, records, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                            drop_unfinished=args.drop_unfinished, log=sys.stdout)
+    atomic_write_json(Path(args.out).with_suffix(".meta.json"),
+                      {"base": args.base, "data": args.data, **rep, "provenance": provenance({k: v for k, v in vars(args).items() if not k.startswith("_")})})
+    atomic_write_jsonl(args.out, out)
+    print(f"[sdlm] self-distilled {rep['n_records']} records ({rep['new_tokens']} tokens, {rep['unfinished']} "
+          f"unfinished, {rep['seconds']}s) -> {args.out}")
     return 0
 
 
@@ -204,6 +264,7 @@ def run_report(args: argparse.Namespace) -> int:
 #: name -> (help, add_arguments, run). Other subcommands (eval, bench, report) plug in here.
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "retrofit": ("NSP retrofit (or AR-SFT baseline) of a causal LM", add_retrofit, run_retrofit),
+    "distill": ("self-distillation SFT data: the model's own greedy answers as targets", add_distill, run_distill),
     "prepare-model": ("materialise a model source into a HF folder (+ mask token)", add_prepare_model, run_prepare_model),
     "eval": ("evaluate one cell (model x alg x D x tau) on lm-eval tasks", add_eval, run_eval),
     "report": ("aggregate evaluation cells into tables and figures", add_report, run_report),

@@ -199,6 +199,42 @@ class RetrofitConfig:
     deepspeed: str | None = None
     gradient_checkpointing: bool = False
     report_to: str = "none"
+    # cheaper retrofits (README "Retrofit options"): freeze the embeddings (the mask row stays trainable)
+    # and/or the lowest N decoder layers
+    freeze_embeddings: bool = False
+    freeze_layers: int = 0
+    # TPF probe (sdlm.probe): every N steps decode the last ``probe_prompts`` records (held out of training)
+    probe_every: int = 0
+    probe_prompts: int = 8
+    probe_max_new_tokens: int = 96
+    probe_taus: tuple[float, ...] = (0.98, 0.82)
+    probe_at_start: bool = True
+
+
+def freeze(model: Any, *, embeddings: bool, layers: int, keep_rows: Sequence[int] = ()) -> dict[str, int]:
+    """Freeze the input embeddings (all rows but ``keep_rows``: the new mask token must still learn) and
+    the lowest ``layers`` decoder layers; returns trainable / total parameter counts.
+
+    Rows are kept by zeroing the other rows' gradients, so AdamW leaves them unchanged except for its
+    decoupled weight decay (lr x wd per step, ~1e-6 relative at the demo's settings). A tied lm_head is
+    the same tensor and is frozen with the embeddings.
+    """
+    if embeddings:
+        emb = model.get_input_embeddings().weight
+        if keep_rows:
+            keep = torch.zeros(emb.shape[0], 1, dtype=emb.dtype, device=emb.device)
+            keep[list(keep_rows)] = 1
+            emb.register_hook(lambda g: g * keep.to(g.dtype))
+        else:
+            emb.requires_grad_(False)
+    if layers:
+        stack = getattr(getattr(model, "model", model), "layers", None)
+        if stack is None or layers > len(stack):
+            raise ValueError(f"cannot freeze {layers} layers: the model has {0 if stack is None else len(stack)}")
+        for layer in stack[:layers]:
+            layer.requires_grad_(False)
+    params = {id(p): p for p in model.parameters()}.values()
+    return {"trainable": sum(p.numel() for p in params if p.requires_grad), "total": sum(p.numel() for p in params)}
 
 
 def training_arguments(cfg: RetrofitConfig) -> TrainingArguments:
@@ -242,7 +278,9 @@ def retrofit(cfg: RetrofitConfig, *, model: Any = None, tokenizer: Any = None,
     """
     from transformers import PrinterCallback, set_seed
 
+    from sdlm.distill import chat_prompt
     from sdlm.models import ensure_mask_token, load_model
+    from sdlm.probe import TPFProbe
     from sdlm.provenance import atomic_write_json, provenance
     from sdlm.sft_data import load_sft_records
 
@@ -250,9 +288,19 @@ def retrofit(cfg: RetrofitConfig, *, model: Any = None, tokenizer: Any = None,
         raise ValueError(f"block size must be >= 1, got {cfg.block_size}")
     if cfg.repeat < 1:
         raise ValueError(f"repeat must be >= 1, got {cfg.repeat}")
+    if cfg.freeze_layers < 0:
+        raise ValueError(f"freeze_layers must be >= 0, got {cfg.freeze_layers}")
     set_seed(cfg.seed)
     if records is None:
         records = load_sft_records(cfg.data, limit=cfg.limit)
+    records = list(records)
+    probing = cfg.probe_every > 0 and not cfg.ar_baseline
+    held: list[dict] = []
+    if probing:
+        if cfg.probe_prompts < 1 or cfg.probe_prompts >= len(records):
+            raise ValueError(f"probe_prompts={cfg.probe_prompts} must be >= 1 and leave training records "
+                             f"(there are {len(records)})")
+        records, held = records[: -cfg.probe_prompts], records[-cfg.probe_prompts:]
     if model is None or tokenizer is None:
         model, tokenizer = load_model(cfg.base, dtype=torch.float32, attn_implementation=cfg.attn_implementation)
     if cfg.ar_baseline:
@@ -262,6 +310,8 @@ def retrofit(cfg: RetrofitConfig, *, model: Any = None, tokenizer: Any = None,
         mask_id = ensure_mask_token(model, tokenizer, block_size=cfg.block_size, causal_attn=cfg.causal_attn)
         rows, report = build_nsp_rows(records, tokenizer, block_size=cfg.block_size, mask_token_id=mask_id,
                                       max_len=cfg.max_len, repeat=cfg.repeat, clean_loss=cfg.clean_loss, seed=cfg.seed)
+    counts = freeze(model, embeddings=cfg.freeze_embeddings, layers=cfg.freeze_layers,
+                    keep_rows=[mask_id] if mask_id is not None else [])
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     D = 1 if cfg.ar_baseline else cfg.block_size
     collator = NSPCollator(D, pad_id, causal_attn=cfg.causal_attn, mask_dtype=model.dtype)
@@ -272,12 +322,20 @@ def retrofit(cfg: RetrofitConfig, *, model: Any = None, tokenizer: Any = None,
     print(f"[sdlm] {'AR-SFT baseline' if cfg.ar_baseline else f'NSP retrofit D={cfg.block_size}'} of {cfg.base}: "
           f"{report.n_rows} rows from {report.n_records} records ({report.n_tokens} tokens, {report.n_blocks} blocks, "
           f"{report.n_truncated} truncated, {sum(report.skipped.values())} skipped)", file=printer.stream, flush=True)
+    callbacks: list[TrainerCallback] = [printer]
+    probe = None
+    if probing:
+        probe = TPFProbe(model, tokenizer, [chat_prompt(tokenizer, r) for r in held], block_size=cfg.block_size,
+                         every=cfg.probe_every, taus=cfg.probe_taus, max_new_tokens=cfg.probe_max_new_tokens,
+                         at_start=cfg.probe_at_start, stream=printer.stream)
+        callbacks.append(probe)
+    print(f"[sdlm] trainable parameters: {counts['trainable']:,} of {counts['total']:,}", file=printer.stream, flush=True)
     trainer = SDLMTrainer(model=model, args=training_arguments(cfg), train_dataset=list(rows),
-                          data_collator=collator, processing_class=tokenizer, block_size=D, callbacks=[printer])
+                          data_collator=collator, processing_class=tokenizer, block_size=D, callbacks=callbacks)
     trainer.remove_callback(PrinterCallback)
     t0 = time.perf_counter()
     result = trainer.train()
-    train_s = time.perf_counter() - t0
+    train_s = time.perf_counter() - t0 - (probe.probe_seconds if probe else 0.0)  # probes are not training
 
     model.config.use_cache = True
     out = Path(cfg.out)
@@ -301,6 +359,8 @@ def retrofit(cfg: RetrofitConfig, *, model: Any = None, tokenizer: Any = None,
             "train_loss": result.training_loss if math.isfinite(result.training_loss) else None,
             "last_log": last,
             "log_history": printer.history,
+            "trainable_parameters": counts,
+            **({"tpf_curve": probe.curve, "probe_seconds": round(probe.probe_seconds, 2)} if probe else {}),
             "provenance": provenance(dataclasses.asdict(cfg), seed=cfg.seed),
         }
         atomic_write_json(out / "sdlm_training.json", summary)

@@ -1,4 +1,7 @@
-# Stage 2: SFT data for retrofits. One job per sft_data entry: its components (GSM8K train from data_dir
+# Stage 2: SFT data for retrofits. With `self_distill: {model: <key>}` the retrofit trains on
+# results/data/sft/<name>.distilled.jsonl instead: the same prompts answered by that model's own greedy
+# decoding (`sdlm distill`; lower-entropy targets are easier to predict in parallel, README "Retrofit options").
+# One job per sft_data entry: its components (GSM8K train from data_dir
 # rewritten as chat by sdlm.sft_data, chat JSONL files, or hub datasets mapped to chat) concatenated into
 # results/data/sft/<name>.jsonl (one {"messages": [...]} per line, written atomically).
 
@@ -22,3 +25,30 @@ rule prepare_sft:
         runtime=resources_of((config.get("resources") or {}).get("prepare"))["runtime"],
     script:
         "../scripts/prepare_sft.py"
+
+
+rule distill_sft:
+    input:
+        data=f"{RESULTS}/data/sft/{{dataset}}.jsonl",
+        model=lambda wc: f"{RESULTS}/models/{distill_settings(wc.dataset)['model']}/source.json",
+    output:
+        f"{RESULTS}/data/sft/{{dataset}}.distilled.jsonl",
+    params:
+        base=lambda wc: source_for_loading(distill_settings(wc.dataset)["model"]),
+        max_new=lambda wc: distill_settings(wc.dataset).get("max_new_tokens", 320),
+        batch=lambda wc: distill_settings(wc.dataset).get("batch_size", 16),
+        drop=lambda wc: "--drop-unfinished" if distill_settings(wc.dataset).get("drop_unfinished") else "",
+        device=lambda wc: config.get("eval", {}).get("device", "cpu"),
+    log:
+        f"{RESULTS}/logs/distill_sft/{{dataset}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/distill_sft/{{dataset}}.tsv"
+    threads: resources_of((config.get("eval") or {}).get("resources"))["threads"]
+    resources:
+        mem_mb=resources_of((config.get("eval") or {}).get("resources"))["mem_mb"],
+        gpu=resources_of((config.get("eval") or {}).get("resources"))["gpu"],
+        runtime=resources_of((config.get("eval") or {}).get("resources"))["runtime"],
+    shell:
+        "OMP_NUM_THREADS={threads} sdlm distill --base {params.base:q} --data {input.data:q} --out {output:q} "
+        "--max-new-tokens {params.max_new} --batch-size {params.batch} --device {params.device} "
+        "--threads {threads} {params.drop} > {log} 2>&1"
