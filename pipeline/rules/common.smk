@@ -15,6 +15,9 @@ validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 REPO = Path(workflow.basedir).resolve()  # the repository (where the Snakefile is)
 RESULTS = "results"
 CONF_ALGS = ("prob_conf", "entropy_conf")
+# One-token-per-step decoding (prob_conf with tau > 1) of every SDLM model and D: the reference of the
+# fidelity columns (self-speculative decoding must equal it). None (config: null) turns both off.
+REFERENCE_TAU = config["decoding"].get("reference_tau", 2.0)
 
 
 def repo_path(p):
@@ -133,7 +136,8 @@ def _narrow(values, *overrides):
 
 
 def decoders(model, task):
-    """Cell directory names of one (model, task): ar, <alg>_D<D>_tau<tau>, self_speculative_D<D>."""
+    """Cell directory names of one (model, task): ar, <alg>_D<D>_tau<tau>, self_speculative_D<D>, and for
+    SDLM models the one-token-per-step reference step1_D<D>."""
     info = MODELS[model]
     base, t = config["models"][info["base"]], config["tasks"][task] or {}
     dec = config["decoding"]
@@ -149,11 +153,28 @@ def decoders(model, task):
                 out.append(f"self_speculative_D{D}")  # lossless: no threshold
             else:
                 out += [f"{alg}_D{D}_tau{fmt_tau(tau)}" for tau in taus]
+        if REFERENCE_TAU is not None:
+            out.append(reference_decoder(model))
     return out
+
+
+def reference_decoder(model):
+    """The fidelity reference of an SDLM model's cells: one-token-per-step decoding with its D."""
+    return f"step1_D{MODELS[model]['block_size']}"
+
+
+def has_fidelity(model):
+    return MODELS[model]["kind"] == "sdlm" and REFERENCE_TAU is not None
 
 
 def all_cells():
     return [f"{RESULTS}/cells/{m}/{t}/{d}/cell.json" for m in MODELS for t in TASKS for d in decoders(m, t)]
+
+
+def all_fidelity():
+    """fidelity.json of every cell of every SDLM model (AR baselines have none)."""
+    return [f"{RESULTS}/cells/{m}/{t}/{d}/fidelity.json" for m in MODELS if has_fidelity(m) for t in TASKS
+            for d in decoders(m, t)]
 
 
 def _alternation(names):
@@ -169,6 +190,7 @@ wildcard_constraints:
     alg="prob_conf|entropy_conf",
     D=r"[1-9][0-9]*",
     tau=r"[0-9]+\.[0-9]+",
+    decoder=r"ar|step1_D[1-9][0-9]*|self_speculative_D[1-9][0-9]*|(?:prob_conf|entropy_conf)_D[1-9][0-9]*_tau[0-9]+\.[0-9]+",
 
 
 # ---------------------------------------------------------------------------------------------- model paths
@@ -211,10 +233,12 @@ def _check_cell(model, task, decoder):
                             f"{model}/{task}: {', '.join(decoders(model, task)) or 'none'}")
 
 
-def eval_args(wildcards, alg, D=None, tau=None):
-    """Arguments of `sdlm eval` for one cell (shell-quoted)."""
+def eval_args(wildcards, alg, D=None, tau=None, decoder=None):
+    """Arguments of `sdlm eval` for one cell (shell-quoted). ``decoder``: the cell's folder name when it is not
+    the default one of (alg, D, tau) (the one-token-per-step reference step1_D<D>)."""
     model, task = wildcards.model, wildcards.task
-    decoder = "ar" if alg == "ar" else (f"self_speculative_D{D}" if alg == "self_speculative" else f"{alg}_D{D}_tau{tau}")
+    if decoder is None:
+        decoder = "ar" if alg == "ar" else (f"self_speculative_D{D}" if alg == "self_speculative" else f"{alg}_D{D}_tau{tau}")
     _check_cell(model, task, decoder)
     s, t = eval_settings(model), config["tasks"][task] or {}
     ma = {"pretrained": pretrained_of(model), "alg": alg}
@@ -243,6 +267,23 @@ def eval_resources(wildcards):
     return eval_settings(wildcards.model)["resources"]
 
 
+def reference_args(wildcards):
+    """`sdlm eval` arguments of the one-token-per-step reference cell step1_D<D>: prob_conf with tau > 1,
+    everything else (max_new_tokens, limit, batch size, dtype, device) as the cells it is the reference for."""
+    return eval_args(wildcards, "prob_conf", wildcards.D, REFERENCE_TAU, decoder=f"step1_D{wildcards.D}")
+
+
+def fidelity_inputs(wildcards):
+    """A cell and its reference cell (their cell.json: the completion markers; the samples lie beside them)."""
+    model, task, decoder = wildcards.model, wildcards.task, wildcards.decoder
+    if not has_fidelity(model):
+        raise WorkflowError(f"{model} is not an SDLM model (or decoding.reference_tau is null): its cells have no "
+                            "fidelity.json")
+    _check_cell(model, task, decoder)
+    return {"cell": f"{RESULTS}/cells/{model}/{task}/{decoder}/cell.json",
+            "reference": f"{RESULTS}/cells/{model}/{task}/{reference_decoder(model)}/cell.json"}
+
+
 # ---------------------------------------------------------------------------------------------- SFT data
 def _sft_local_inputs(wildcards):
     comps = config["sft_data"][wildcards.dataset]["components"]
@@ -255,10 +296,11 @@ _TRAIN_FLAGS = {  # config key -> `sdlm retrofit` option
     "grad_accum": "--grad-accum", "max_len": "--max-len", "repeat": "--repeat", "seed": "--seed",
     "warmup": "--warmup", "weight_decay": "--weight-decay", "lr_scheduler": "--lr-scheduler",
     "logging_steps": "--logging-steps", "save_steps": "--save-steps", "limit": "--limit",
-    "attn_implementation": "--attn-implementation",
+    "attn_implementation": "--attn-implementation", "freeze_layers": "--freeze-layers",
+    "probe_every": "--probe-every", "probe_prompts": "--probe-prompts", "probe_max_new_tokens": "--probe-max-new-tokens",
 }
 _TRAIN_SWITCHES = {"clean_loss": "--clean-loss", "causal_attn": "--causal-attn", "bf16": "--bf16",
-                   "gradient_checkpointing": "--gradient-checkpointing"}
+                   "gradient_checkpointing": "--gradient-checkpointing", "freeze_embeddings": "--freeze-embeddings"}
 
 
 def train_resources(base):
@@ -282,7 +324,7 @@ def retrofit_command(wildcards, ar=False):
         cmd = ["sdlm"]
     out = f"{RESULTS}/checkpoints/{base}-ar" if ar else f"{RESULTS}/checkpoints/{base}-D{wildcards.D}"
     cmd += ["retrofit", "--base", source_for_loading(base), "--data",
-            f"{RESULTS}/data/sft/{config['models'][base]['retrofit']['data']}.jsonl", "--out", out, "--overwrite"]
+            sft_file(config['models'][base]['retrofit']['data']), "--out", out, "--overwrite"]
     if ar:
         cmd.append("--ar-baseline")
     else:
@@ -292,6 +334,8 @@ def retrofit_command(wildcards, ar=False):
         if t.get(k) is not None:
             cmd += [flag, str(t[k])]
     cmd += [flag for k, flag in _TRAIN_SWITCHES.items() if t.get(k)]
+    if t.get("probe_taus"):
+        cmd += ["--probe-taus", ",".join(str(x) for x in t["probe_taus"])]
     if t.get("deepspeed"):
         cmd += ["--deepspeed", str(repo_path(t["deepspeed"]))]
     if t.get("launcher", "sdlm") != "accelerate":
@@ -310,10 +354,25 @@ def _ckpt(path):
     return protected(path) if config.get("protect_checkpoints") else path
 
 
+def sft_file(dataset):
+    """The chat JSONL a retrofit trains on: the prepared records, or their self-distilled version."""
+    distilled = (config["sft_data"][dataset].get("self_distill") or {}).get("model")
+    return f"{RESULTS}/data/sft/{dataset}.distilled.jsonl" if distilled else f"{RESULTS}/data/sft/{dataset}.jsonl"
+
+
+def distill_settings(dataset):
+    d = config["sft_data"][dataset].get("self_distill")
+    if not d or not d.get("model"):
+        raise ValueError(f"sft_data.{dataset} has no self_distill.model")
+    if d["model"] not in config["models"]:
+        raise ValueError(f"sft_data.{dataset}.self_distill.model {d['model']!r} is not a key of models")
+    return d
+
+
 def _train_inputs(wildcards):
     return {
         "base": f"{RESULTS}/models/{wildcards.base}/source.json",
-        "data": f"{RESULTS}/data/sft/{config['models'][wildcards.base]['retrofit']['data']}.jsonl",
+        "data": sft_file(config["models"][wildcards.base]["retrofit"]["data"]),
     }
 
 
@@ -335,6 +394,7 @@ REPORT_OUTPUTS = [
 ] + [
     ("fig_tau_ablation.png", "../report/fig_tau_ablation.rst", "Figures", "tau ablation"),
     ("fig_throughput.png", "../report/fig_throughput.rst", "Figures", "throughput"),
+    ("fig_tpf_vs_steps.png", "../report/fig_tpf_vs_steps.rst", "Figures", "TPF vs training steps"),
     ("provenance.md", "../report/provenance.rst", "Provenance", "runs"),
 ]
 
@@ -342,6 +402,13 @@ REPORT_OUTPUTS = [
 def paper_numbers_path():
     p = (config.get("report") or {}).get("paper_numbers")
     return str(repo_path(p)) if p else None
+
+
+def training_summaries():
+    """model key -> sdlm_training.json of every trained checkpoint (outputs of retrofit / ar_sft): the TPF
+    probe curves of the report's fig_tpf_vs_steps.png."""
+    return {m: f"{RESULTS}/checkpoints/{m}/sdlm_training.json" for m, v in MODELS.items()
+            if v["origin"] in ("retrofit", "ar_sft")}
 
 
 def models_meta():
