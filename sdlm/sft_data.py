@@ -61,18 +61,41 @@ def _read_jsonl(path: Path, limit: int | None) -> list[tuple[int, Any]]:
     return out
 
 
+def _benchmark_lines(name: str, limit: int | None) -> list[tuple[int, Any]]:
+    """(line number, record) of a benchmark's train split via :func:`sdlm.data.load_records`: the data
+    directory (``SDLM_DATA_DIR``) when set, else the hub; a clear DataError when neither has it."""
+    from sdlm.data import DataNotFoundError, load_records
+
+    try:
+        recs = load_records(name, split="train")
+    except DataNotFoundError as e:
+        raise DataError(str(e)) from None
+    return list(enumerate(recs[:limit] if limit is not None else recs, 1))
+
+
 def gsm8k_train_records(path: str | os.PathLike | None = None, *, limit: int | None = None) -> list[dict[str, Any]]:
-    """GSM8K train as chat records, from ``path`` or ``$SDLM_DATA_DIR/gsm8k/train.jsonl``."""
-    if path is None:
-        root = os.environ.get("SDLM_DATA_DIR")
-        if not root:
-            raise DataError("SDLM_DATA_DIR is not set: point it at a folder holding gsm8k/train.jsonl")
-        path = Path(root) / "gsm8k" / "train.jsonl"
+    """GSM8K train as chat records, from ``path`` or the data directory / hub (sdlm.data)."""
+    lines = _read_jsonl(Path(path), limit) if path is not None else _benchmark_lines("gsm8k", limit)
     recs = []
-    for lineno, obj in _read_jsonl(Path(path), limit):
+    for lineno, obj in lines:
         if not isinstance(obj, dict) or not isinstance(obj.get("question"), str) or not isinstance(obj.get("answer"), str):
             raise DataError(f"{path}:{lineno}: a GSM8K line needs string 'question' and 'answer'")
         recs.append(gsm8k_record(obj["question"], obj["answer"]))
+    return recs
+
+
+def math_train_records(*, limit: int | None = None) -> list[dict[str, Any]]:
+    """MATH train (7,500 problems, all subjects) as chat records in the same boxed format: the reference
+    solutions already end in ``\\boxed{...}``."""
+    recs = []
+    for lineno, obj in _benchmark_lines("math_train", limit):
+        if not isinstance(obj, dict) or not isinstance(obj.get("problem"), str) or not isinstance(obj.get("solution"), str):
+            raise DataError(f"MATH train record {lineno}: needs string 'problem' and 'solution'")
+        recs.append({"messages": [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": obj["problem"] + "\n" + BOXED_INSTRUCTION},
+            {"role": "assistant", "content": obj["solution"].strip()},
+        ]})
     return recs
 
 
@@ -90,7 +113,9 @@ def read_chat_jsonl(path: str | os.PathLike, *, limit: int | None = None) -> lis
 
 
 def load_sft_records(spec: str, *, limit: int | None = None) -> list[dict[str, Any]]:
-    """``"gsm8k"`` -> GSM8K train as chat; anything else is a path to a chat JSONL."""
+    """``"gsm8k"`` / ``"math"`` -> GSM8K / MATH train as chat; anything else is a path to a chat JSONL."""
     if spec == "gsm8k":
         return gsm8k_train_records(limit=limit)
+    if spec == "math":
+        return math_train_records(limit=limit)
     return read_chat_jsonl(spec, limit=limit)

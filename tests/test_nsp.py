@@ -14,6 +14,7 @@ import warnings
 import pytest
 import torch
 
+from datadir import DATA, needs_data
 from sdlm.masks import to_additive, training_visibility
 from sdlm.models import ensure_mask_token
 from sdlm.nsp import (
@@ -272,6 +273,19 @@ def test_ar_rows_causal(tm):
 # ---------------------------------------------------------------------------------------------------- SFT data
 
 
+@needs_data
+def test_math_train_records_are_boxed_chat(monkeypatch):
+    from sdlm.sft_data import BOXED_INSTRUCTION, load_sft_records
+
+    monkeypatch.setenv("SDLM_DATA_DIR", DATA)
+    recs = load_sft_records("math", limit=20)
+    assert len(recs) == 20
+    for r in recs:
+        assert [m["role"] for m in r["messages"]] == ["system", "user", "assistant"]
+        assert r["messages"][1]["content"].endswith("\n" + BOXED_INSTRUCTION)
+        assert "\\boxed{" in r["messages"][2]["content"]
+
+
 def test_gsm8k_records(tmp_path, monkeypatch):
     from sdlm.sft_data import BOXED_INSTRUCTION, DataError, gsm8k_solution, gsm8k_train_records, load_sft_records
 
@@ -284,9 +298,17 @@ def test_gsm8k_records(tmp_path, monkeypatch):
     assert rec["messages"][0] == {"role": "system", "content": "You are a helpful assistant."}
     assert rec["messages"][1]["content"] == "Q?\n" + BOXED_INSTRUCTION
     assert rec["messages"][2]["content"].endswith("\\boxed{72}") and "<<" not in rec["messages"][2]["content"]
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach the Hub (offline)")
+
     monkeypatch.delenv("SDLM_DATA_DIR")
-    with pytest.raises(DataError, match="SDLM_DATA_DIR is not set"):
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match="SDLM_DATA_DIR is not set.*gsm8k/train.jsonl"):
         gsm8k_train_records()
+    with pytest.raises(DataError, match="SDLM_DATA_DIR is not set.*math/train.jsonl.gz"):
+        load_sft_records("math")
     with pytest.raises(DataError, match="does not exist"):
         load_sft_records(str(tmp_path / "missing.jsonl"))
     bad = tmp_path / "bad.jsonl"

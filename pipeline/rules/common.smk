@@ -287,7 +287,7 @@ def fidelity_inputs(wildcards):
 # ---------------------------------------------------------------------------------------------- SFT data
 def _sft_local_inputs(wildcards):
     comps = config["sft_data"][wildcards.dataset]["components"]
-    return [str(repo_path(c["source"])) for c in comps if c["source"] != "gsm8k" and not c["source"].startswith("hub:")]
+    return [str(repo_path(c["source"])) for c in comps if c["source"] not in ("gsm8k", "math") and not c["source"].startswith("hub:")]
 
 
 # ---------------------------------------------------------------------------------------------- training
