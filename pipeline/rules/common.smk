@@ -13,7 +13,7 @@ from snakemake.utils import validate
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
 REPO = Path(workflow.basedir).resolve()  # the repository (where the Snakefile is)
-RESULTS = "results"
+RESULTS = config.get("results_dir") or "results"  # relative to the working directory (the repository)
 CONF_ALGS = ("prob_conf", "entropy_conf")
 # One-token-per-step decoding (prob_conf with tau > 1) of every SDLM model and D: the reference of the
 # fidelity columns (self-speculative decoding must equal it). None (config: null) turns both off.
