@@ -1,5 +1,6 @@
 # sdlm-bench pipeline: base model -> SFT data -> retrofit (per D, + AR-SFT baseline) or released checkpoint
-# -> one evaluation cell per (model, task, decoder) -> aggregate -> report. See README.md "Pipeline".
+# -> one evaluation cell per (model, task, decoder) (+ fidelity.json vs one-token-per-step decoding for SDLM
+# cells) -> aggregate -> report. See README.md "Pipeline".
 #
 #   snakemake --cores all                                  # the CPU demo (config/config.yaml)
 #   snakemake -n --configfile config/paper.yaml            # the paper reproduction's DAG (dry run)
@@ -36,11 +37,13 @@ localrules:
     report,
 
 
-# The cells are listed here too: Snakemake does not recreate a missing intermediate file whose consumers
-# are up to date, and a deleted (or never completed) cell.json must bring back its cell and the report.
+# The cells (and their fidelity files) are listed here too: Snakemake does not recreate a missing
+# intermediate file whose consumers are up to date, and a deleted (or never completed) cell.json must bring
+# back its cell and the report.
 rule all:
     default_target: True
     input:
         all_cells(),
+        all_fidelity(),
         [f"{REPORT_DIR}/{name}" for name, *_ in REPORT_OUTPUTS],
         f"{REPORT_DIR}/cells.csv",

@@ -17,7 +17,15 @@ task (its existence means the cell is complete; directories without it are ignor
   same configuration: same paper model (``paper_model`` in the models file), alg, D and tau.
 * :func:`write_report` renders every table as Markdown, LaTeX (``Styler.to_latex``, booktabs) and HTML,
   plus ``fig_tau_ablation.png`` (accuracy vs TPF and vs speed-up, one panel per benchmark, one line per
-  model/alg as tau falls) and ``fig_throughput.png`` (tokens/s vs batch size; tokens/s vs TPF).
+  model/alg as tau falls), ``fig_throughput.png`` (tokens/s vs batch size; tokens/s vs TPF) and
+  ``fig_tpf_vs_steps.png`` (TPF probed during each retrofit against its training steps, from the
+  checkpoints' ``sdlm_training.json`` ``tpf_curve``; :func:`load_tpf_curves`).
+
+Accuracies carry Wilson 95% intervals (:func:`wilson_interval`; columns ``acc_lo``/``acc_hi`` in %, over ``n``
+examples), shown as ``12.5 [2.2, 47.1]``. A cell with a ``fidelity.json`` beside its ``cell.json``
+(:mod:`sdlm.fidelity`: its outputs against one-token-per-step decoding of the same model and D) gets
+``identical_text_pct`` / ``same_answer_pct`` / ``fidelity_n``; AR baselines have none (blank). One-token-
+per-step cells (confidence decoding with tau > 1; folder ``step1_D<D>``) are labelled ``1 tok/step``.
 
 Speed-ups are wall-clock ratios to the AR cell of the model's baseline (``baseline`` in the models file, by
 default the same model's ``ar`` cell) on the same task and only when both ran on the same hardware.
@@ -28,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -39,6 +48,7 @@ from sdlm.speed import batch_walls
 __all__ = [
     "BENCHMARKS", "PRIMARY_METRIC", "REPORT_FILES", "find_cells", "aggregate", "batch_frame", "load_paper_numbers",
     "load_models", "add_speedup", "table1", "table3", "speed_table", "write_report", "report", "read_frame",
+    "wilson_interval", "load_tpf_curves", "training_files",
 ]
 
 CELL_FILE = "cell.json"
@@ -67,7 +77,11 @@ ALG_ORDER = {"ar": 0, "prob_conf": 1, "entropy_conf": 2, "self_speculative": 3}
 CONF_ALGS = ("prob_conf", "entropy_conf")
 TABLES = ("table1", "table3", "speed")
 FORMATS = ("md", "tex", "html")
-FIGURES = ("fig_tau_ablation.png", "fig_throughput.png")
+FIGURES = ("fig_tau_ablation.png", "fig_throughput.png", "fig_tpf_vs_steps.png")
+FIDELITY_FILE = "fidelity.json"  # sdlm.fidelity.FIDELITY_FILE (not imported: that module's scoring imports are not needed here)
+TRAINING_FILE = "sdlm_training.json"
+#: z of a two-sided 95% normal interval (scipy.stats.norm.ppf(0.975))
+Z95 = 1.959964
 #: every file :func:`write_report` writes (always all of them, so a workflow can declare them as outputs)
 REPORT_FILES = tuple(f"{t}.{f}" for t in TABLES for f in FORMATS) + FIGURES + ("provenance.md",)
 
@@ -98,6 +112,63 @@ def _num(v: Any) -> float | None:
     return None if math.isnan(f) else f
 
 
+def wilson_interval(p: float | None, n: int | None, z: float = Z95) -> tuple[float, float] | tuple[None, None]:
+    """Wilson score interval of a proportion ``p`` (= k/n) over ``n`` trials, as fractions in [0, 1].
+
+    Used for every accuracy (a mean of 0/1 scores: exact match, math-verify, pass@1 with one sample per
+    problem). ``(None, None)`` when ``p`` or ``n`` is missing, ``n < 1`` or ``p`` is outside [0, 1]."""
+    p, n = _num(p), _num(n)
+    if p is None or n is None or n < 1 or not -1e-12 <= p <= 1 + 1e-12:
+        return None, None
+    p = min(max(p, 0.0), 1.0)
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _fidelity(cell_dir: Path, task: str, rec: Mapping[str, Any]) -> dict[str, Any]:
+    """The fidelity columns of one (cell, task) from ``fidelity.json`` beside the cell (blank when absent, or
+    stale: written for another run of the cell or of its reference)."""
+    blank = {"fidelity_n": None, "identical_text_pct": None, "same_answer_pct": None, "fidelity_reference": None}
+    path = cell_dir / FIDELITY_FILE
+    if not path.is_file():
+        return blank
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        res = (data.get("tasks") or {}).get(task)
+    except (json.JSONDecodeError, AttributeError):
+        warnings.warn(f"{path}: unreadable fidelity file, ignored", stacklevel=2)
+        return blank
+    if not res:
+        return blank
+    prov = rec.get("provenance") or {}
+    stale = (res.get("cell") or {}).get("time_utc") not in (None, prov.get("time_utc")) or \
+        (res.get("cell") or {}).get("config_hash") not in (None, prov.get("config_hash"))
+    ref_dir = Path(str(data.get("reference") or ""))
+    if not stale and data.get("reference") and (ref_dir / CELL_FILE).is_file():
+        try:
+            ref_rows = json.loads((ref_dir / CELL_FILE).read_text(encoding="utf-8"))
+            ref_rows = ref_rows if isinstance(ref_rows, list) else [ref_rows]
+            ref_prov = next(((r.get("provenance") or {}) for r in ref_rows if r.get("task") == task), {})
+            stale = (res.get("reference") or {}).get("time_utc") not in (None, ref_prov.get("time_utc"))
+        except json.JSONDecodeError:
+            stale = True
+    if stale:
+        warnings.warn(f"{path}: written for another run of the cell or its reference; ignored (rebuild it)",
+                      stacklevel=2)
+        return blank
+    share = lambda k: 100.0 * float(res[k]) if _num(res.get(k)) is not None else None  # noqa: E731
+    return {"fidelity_n": res.get("n"), "identical_text_pct": share("identical_text"),
+            "same_answer_pct": share("same_answer"), "fidelity_reference": ref_dir.name or None}
+
+
+def _one_token(alg: Any, tau: Any) -> bool:
+    """Confidence decoding with tau > 1 accepts exactly one token per step: the fidelity reference."""
+    return alg in CONF_ALGS and tau is not None and not pd.isna(tau) and float(tau) > 1.0
+
+
 def _primary(task: str, metrics: Mapping[str, Any]) -> str | None:
     m = PRIMARY_METRIC.get(task)
     if m in metrics:
@@ -119,6 +190,8 @@ def _hardware_label(hw: Mapping[str, Any] | None) -> str | None:
 def _decoder_name(alg: str, block_size: Any, tau: Any) -> str:
     if alg == "ar":
         return "ar"
+    if _one_token(alg, tau):
+        return f"step1_D{block_size}"
     if alg == "self_speculative":
         return f"self_speculative_D{block_size}"
     return f"{alg}_D{block_size}_tau{tau}"
@@ -153,6 +226,7 @@ def _rows_of(path: Path) -> list[dict[str, Any]]:
         pm = _primary(task, metrics)
         acc = _num(metrics.get(pm)) if pm else None
         se = _num(metrics.get(pm.replace(",", "_stderr,", 1))) if pm else None
+        lo, hi = wilson_interval(acc, rec.get("n"))
         new_tokens, nfe = decode.get("new_tokens"), decode.get("nfe")
         decode_s, prefill_s = _num(decode.get("decode_s")), _num(decode.get("prefill_s"))
         row = {
@@ -168,6 +242,9 @@ def _rows_of(path: Path) -> list[dict[str, Any]]:
             "metric": pm,
             "accuracy": 100.0 * acc if acc is not None else None,
             "accuracy_stderr": 100.0 * se if se is not None else None,
+            "acc_lo": 100.0 * lo if lo is not None else None,
+            "acc_hi": 100.0 * hi if hi is not None else None,
+            **_fidelity(path.parent, task, rec),
             "tpf": _num(decode.get("tpf")),
             "new_tokens": new_tokens,
             "nfe": nfe,
@@ -303,18 +380,39 @@ def _label(model: str, models: Mapping[str, Mapping[str, Any]]) -> str:
 def _decoding_label(alg: str, tau: Any) -> str:
     if alg == "ar":
         return "AR"
+    if _one_token(alg, tau):
+        return "1 tok/step"
     if alg == "self_speculative":
         return "self-spec"
     short = {"prob_conf": "conf", "entropy_conf": "entropy"}.get(alg, alg)
     return f"{short} {tau:g}" if tau is not None and not pd.isna(tau) else short
 
 
-def _fmt(acc: Any, tpf: Any, alg: str) -> str:
-    if acc is None or pd.isna(acc):
+def _missing(v: Any) -> bool:
+    return v is None or pd.isna(v)
+
+
+def _acc_ci(acc: Any, lo: Any = None, hi: Any = None) -> str:
+    """``12.5 [2.2, 47.1]``: accuracy (%) with its Wilson 95% interval (just the accuracy without one)."""
+    if _missing(acc):
         return "–"
-    if alg == "ar" or tpf is None or pd.isna(tpf):
+    if _missing(lo) or _missing(hi):
         return f"{acc:.1f}"
-    return f"{acc:.1f} ({tpf:.2f})"
+    return f"{acc:.1f} [{lo:.1f}, {hi:.1f}]"
+
+
+def _fmt(acc: Any, tpf: Any, alg: str, lo: Any = None, hi: Any = None) -> str:
+    if _missing(acc):
+        return "–"
+    text = _acc_ci(acc, lo, hi)
+    if alg == "ar" or _missing(tpf):
+        return text
+    return f"{text} ({tpf:.2f})"
+
+
+def _fmt_cell(v: tuple, alg: str) -> str:
+    """A table cell from ``(acc, tpf)`` (published numbers) or ``(acc, tpf, lo, hi)`` (measured)."""
+    return _fmt(*v[:2], alg, *v[2:4])
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -348,24 +446,30 @@ def _bench_columns(frame: pd.DataFrame) -> list[str]:
     return sorted(present, key=lambda b: (BENCH_ORDER.index(b) if b in BENCH_ORDER else len(BENCH_ORDER), b))
 
 
-def _avg(values: list[tuple[float | None, float | None]], n_cols: int, alg: str) -> str:
-    accs = [a for a, _ in values if a is not None]
+def _avg(values: list[tuple], n_cols: int, alg: str) -> str:
+    """Mean over the benchmark columns (no interval: the columns have different n)."""
+    accs = [v[0] for v in values if v[0] is not None]
     if n_cols < 2 or len(accs) != n_cols:
         return "–"
-    tpfs = [t for _, t in values if t is not None]
+    tpfs = [v[1] for v in values if v[1] is not None]
     tpf = sum(tpfs) / len(tpfs) if len(tpfs) == n_cols else None
     return _fmt(sum(accs) / len(accs), tpf, alg)
 
 
-def _row_cells(sub: pd.DataFrame, benches: list[str]) -> list[tuple[float | None, float | None]]:
+def _row_cells(sub: pd.DataFrame, benches: list[str]) -> list[tuple[float | None, ...]]:
+    """Per benchmark ``(accuracy, tpf, acc_lo, acc_hi)`` of the first matching row (Nones when absent)."""
+    def get(r: pd.Series, col: str) -> float | None:
+        v = r.get(col)
+        return None if _missing(v) else float(v)
+
     vals = []
     for b in benches:
         hit = sub[sub["benchmark"] == b]
         if hit.empty:
-            vals.append((None, None))
+            vals.append((None, None, None, None))
         else:
             r = hit.iloc[0]
-            vals.append((None if pd.isna(r["accuracy"]) else float(r["accuracy"]), None if pd.isna(r["tpf"]) else float(r["tpf"])))
+            vals.append((get(r, "accuracy"), get(r, "tpf"), get(r, "acc_lo"), get(r, "acc_hi")))
     return vals
 
 
@@ -390,13 +494,13 @@ def table1(frame: pd.DataFrame, paper: pd.DataFrame | None = None,
         vals = _row_cells(sub, benches)
         base = {"Model": _label(k.model, models), "D": "" if pd.isna(k.block_size) else int(k.block_size),
                 "Decoding": _decoding_label(k.alg, k.tau), "tau": "" if pd.isna(k.tau) else f"{k.tau:g}"}
-        rows.append({**base, "Source": "measured", **{b: _fmt(a, t, k.alg) for b, (a, t) in zip(benches, vals)},
+        rows.append({**base, "Source": "measured", **{b: _fmt_cell(v, k.alg) for b, v in zip(benches, vals)},
                      "Avg": _avg(vals, len(benches), k.alg)})
         pub = _paper_lookup(paper, (models.get(k.model) or {}).get("paper_model"), k.alg, k.block_size, k.tau,
                             ("table1", "table3"))
         if pub:
             pvals = [pub.get(b, (None, None)) for b in benches]
-            rows.append({**base, "Source": "paper", **{b: _fmt(a, t, k.alg) for b, (a, t) in zip(benches, pvals)},
+            rows.append({**base, "Source": "paper", **{b: _fmt_cell(v, k.alg) for b, v in zip(benches, pvals)},
                          "Avg": _avg(pvals, len(benches), k.alg)})
     out = pd.DataFrame(rows, columns=cols + benches + ["Avg"])
     if len(benches) < 2:
@@ -417,8 +521,9 @@ def _ref_tau(taus: Iterable[float], want: float) -> float | None:
 def table3(frame: pd.DataFrame, paper: pd.DataFrame | None = None,
            models: Mapping[str, Mapping[str, Any]] | None = None, *, tau: float = 0.98) -> pd.DataFrame:
     """Table-3 style, for every SDLM model with self-speculative cells: its AR baseline, confidence decoding
-    at ``tau`` (the paper's .98; the highest measured tau if .98 was not run) and self-speculative decoding;
-    accuracy (TPF) per benchmark, with ``paper`` rows beside matching configurations."""
+    at ``tau`` (the paper's .98; the highest measured tau <= 1 if .98 was not run), one-token-per-step
+    decoding (tau > 1, when evaluated) and self-speculative decoding; accuracy (TPF) per benchmark, with
+    ``paper`` rows beside matching configurations."""
     models = models or {}
     paper = paper if paper is not None else load_paper_numbers(None)
     cols = ["Model", "D", "Decoding", "tau", "Source"]
@@ -432,12 +537,12 @@ def table3(frame: pd.DataFrame, paper: pd.DataFrame | None = None,
         vals = _row_cells(sub, benches)
         base = {"Model": label_model or _label(model, models), "D": "" if D is None or pd.isna(D) else int(D),
                 "Decoding": _decoding_label(alg, t), "tau": "" if t is None or pd.isna(t) else f"{t:g}"}
-        rows.append({**base, "Source": "measured", **{b: _fmt(a, tp, alg) for b, (a, tp) in zip(benches, vals)},
+        rows.append({**base, "Source": "measured", **{b: _fmt_cell(v, alg) for b, v in zip(benches, vals)},
                      "Avg": _avg(vals, len(benches), alg)})
         pub = _paper_lookup(paper, (models.get(model) or {}).get("paper_model"), alg, D, t, ("table3", "table1"))
         if pub:
             pvals = [pub.get(b, (None, None)) for b in benches]
-            rows.append({**base, "Source": "paper", **{b: _fmt(a, tp, alg) for b, (a, tp) in zip(benches, pvals)},
+            rows.append({**base, "Source": "paper", **{b: _fmt_cell(v, alg) for b, v in zip(benches, pvals)},
                          "Avg": _avg(pvals, len(benches), alg)})
 
     done_baselines: set[str] = set()
@@ -448,9 +553,14 @@ def table3(frame: pd.DataFrame, paper: pd.DataFrame | None = None,
             done_baselines.add(baseline)
             add(baseline, "ar", None, None, ar)
         conf = frame[(frame["model"] == model) & (frame["alg"] == "prob_conf") & (frame["block_size"] == D)]
+        step1 = conf[conf["tau"] > 1.0]
+        conf = conf[conf["tau"] <= 1.0]
         t = _ref_tau(conf["tau"], tau)
         if t is not None:
             add(model, "prob_conf", D, t, conf[conf["tau"].sub(t).abs() < 1e-9])
+        if not step1.empty:  # the reference self-speculative decoding must equal
+            t1 = float(step1["tau"].iloc[0])
+            add(model, "prob_conf", D, t1, step1[step1["tau"].sub(t1).abs() < 1e-9])
         add(model, "self_speculative", D, None, spec[(spec["model"] == model) & (spec["block_size"] == D)])
     out = pd.DataFrame(rows, columns=cols + benches + ["Avg"])
     if len(benches) < 2:
@@ -458,26 +568,40 @@ def table3(frame: pd.DataFrame, paper: pd.DataFrame | None = None,
     return out
 
 
+SPEED_COLUMNS = ["Model", "Benchmark", "Decoding", "D", "tau", "n", "accuracy [95% CI]", "identical text %",
+                 "same answer %", "TPF", "tok/s", "decode tok/s", "prefill s", "speed-up", "baseline", "hardware"]
+_OPTIONAL = ("acc_lo", "acc_hi", "fidelity_n", "identical_text_pct", "same_answer_pct", "fidelity_reference")
+
+
+def _with_optional(frame: pd.DataFrame) -> pd.DataFrame:
+    """Frames from older ``cells.csv`` files lack the interval and fidelity columns: add them blank."""
+    missing = [c for c in _OPTIONAL if c not in frame.columns]
+    return frame.assign(**{c: None for c in missing}) if missing else frame
+
+
 def speed_table(frame: pd.DataFrame, models: Mapping[str, Mapping[str, Any]] | None = None) -> pd.DataFrame:
-    """Per cell: the three speed numbers (TPF; end-to-end tokens/s with prefill; decode-only tokens/s), the
-    wall-clock speed-up over the AR baseline on the same hardware, and the hardware it ran on."""
+    """Per cell: accuracy with its Wilson 95% interval, fidelity to one-token-per-step decoding of the same
+    model and D (identical text %, same final answer %; blank for AR baselines and cells without a
+    ``fidelity.json``), the three speed numbers (TPF; end-to-end tokens/s with prefill; decode-only tokens/s),
+    the wall-clock speed-up over the AR baseline on the same hardware, and the hardware it ran on."""
     models = models or {}
     if frame.empty:
-        return pd.DataFrame(columns=["Model", "Benchmark", "Decoding", "D", "tau", "n", "TPF", "tok/s", "decode tok/s",
-                                     "prefill s", "speed-up", "baseline", "hardware"])
-    f = frame if "speedup" in frame.columns else add_speedup(frame, models)
+        return pd.DataFrame(columns=SPEED_COLUMNS)
+    f = _with_optional(frame if "speedup" in frame.columns else add_speedup(frame, models))
 
     def num(v: Any, fmt: str) -> str:
-        return "–" if v is None or pd.isna(v) else format(float(v), fmt)
+        return "–" if _missing(v) else format(float(v), fmt)
 
     rows = [{
         "Model": _label(r.model, models), "Benchmark": r.benchmark, "Decoding": _decoding_label(r.alg, r.tau),
         "D": "" if pd.isna(r.block_size) else int(r.block_size), "tau": "" if pd.isna(r.tau) else f"{r.tau:g}",
-        "n": "" if r.n is None or pd.isna(r.n) else int(r.n), "TPF": num(r.tpf, ".2f"), "tok/s": num(r.tokens_per_s, ".1f"),
+        "n": "" if r.n is None or pd.isna(r.n) else int(r.n), "accuracy [95% CI]": _acc_ci(r.accuracy, r.acc_lo, r.acc_hi),
+        "identical text %": num(r.identical_text_pct, ".1f"), "same answer %": num(r.same_answer_pct, ".1f"),
+        "TPF": num(r.tpf, ".2f"), "tok/s": num(r.tokens_per_s, ".1f"),
         "decode tok/s": num(r.decode_tokens_per_s, ".1f"), "prefill s": num(r.prefill_s, ".2f"),
         "speed-up": num(r.speedup, ".2f"), "baseline": r.baseline or "", "hardware": r.hardware or "",
     } for r in f.itertuples()]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=SPEED_COLUMNS)
 
 
 # ============================================================================================ rendering
@@ -524,12 +648,14 @@ def _notes(frame: pd.DataFrame) -> list[str]:
 
 
 _CAPTIONS = {
-    "table1": "Accuracy (%) per benchmark, TPF (tokens per forward) in parentheses; paper rows: published numbers "
-              "of the same configuration; Avg: mean over the columns shown",
-    "table3": "AR vs confidence vs self-speculative decoding: accuracy (%), TPF in parentheses; Avg: mean over the "
-              "columns shown",
-    "speed": "Speed per cell: TPF, end-to-end tokens/s (prefill included), decode-only tokens/s, speed-up over "
-             "the AR baseline (same hardware)",
+    "table1": "Accuracy (%) per benchmark with its Wilson 95% interval [lo, hi], TPF (tokens per forward) in "
+              "parentheses; paper rows: published numbers of the same configuration; Avg: mean over the columns shown",
+    "table3": "AR vs confidence vs one-token-per-step vs self-speculative decoding: accuracy (%) [Wilson 95% "
+              "interval], TPF in parentheses; Avg: mean over the columns shown",
+    "speed": "Speed and fidelity per cell: accuracy (%) [Wilson 95% interval]; identical text % and same answer %: "
+             "share of examples whose output (text; extracted final answer) equals one-token-per-step decoding of "
+             "the same model and D (–: AR baselines, which have no such reference, and cells not compared); TPF, end-to-end tokens/s (prefill included), "
+             "decode-only tokens/s, speed-up over the AR baseline (same hardware)",
 }
 
 
@@ -627,6 +753,103 @@ def _figure_throughput(frame: pd.DataFrame, batches: pd.DataFrame, models: Mappi
     plt.close(fig)
 
 
+# ============================================================================================ TPF curves
+def training_files(frame: pd.DataFrame) -> dict[str, Path]:
+    """model -> ``<checkpoint>/sdlm_training.json`` for the frame's checkpoints that have one (the
+    ``checkpoint`` column is the ``pretrained`` path the cell was evaluated with)."""
+    out: dict[str, Path] = {}
+    if frame.empty or "checkpoint" not in frame.columns:
+        return out
+    for model, ckpt in frame[["model", "checkpoint"]].drop_duplicates().itertuples(index=False):
+        if isinstance(ckpt, str) and ckpt and (Path(ckpt) / TRAINING_FILE).is_file():
+            out.setdefault(model, Path(ckpt) / TRAINING_FILE)
+    return out
+
+
+def load_tpf_curves(training: Mapping[str, str | os.PathLike] | Iterable[str | os.PathLike] | None) -> pd.DataFrame:
+    """The TPF probe curves of retrofits: ``sdlm_training.json`` files (a list: the model key is the
+    checkpoint folder's name; or a mapping model key -> file) -> one row per (model, step, decoder key) with
+    ``train_seconds``, ``n_prompts``, ``max_new_tokens`` and ``tpf``. Files without ``tpf_curve`` (older
+    checkpoints, AR-SFT baselines) add no rows; the ``tpf`` keys (``prob_conf_tau0.98``, ``self_speculative``,
+    ...) are taken as they come."""
+    cols = ["model", "step", "train_seconds", "n_prompts", "max_new_tokens", "decoder", "tpf", "training_file"]
+    if training is None:
+        return pd.DataFrame(columns=cols)
+    items = training.items() if isinstance(training, Mapping) else ((Path(p).parent.name, p) for p in training)
+    rows = []
+    for model, path in items:
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e.msg})") from None
+        curve = data.get("tpf_curve") if isinstance(data, dict) else None
+        for point in curve or []:
+            step = _num(point.get("step")) if isinstance(point, dict) else None
+            tpf = point.get("tpf") if isinstance(point, dict) else None
+            if step is None or not isinstance(tpf, dict):
+                warnings.warn(f"{path}: tpf_curve point {point!r} has no step or tpf dict; skipped", stacklevel=2)
+                continue
+            for key, value in tpf.items():
+                if _num(value) is None:
+                    continue
+                rows.append({"model": str(model), "step": int(step), "train_seconds": _num(point.get("train_seconds")),
+                             "n_prompts": point.get("n_prompts"), "max_new_tokens": point.get("max_new_tokens"),
+                             "decoder": str(key), "tpf": float(value), "training_file": str(path)})
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _curve_label(key: str) -> str:
+    """``prob_conf_tau0.98`` -> ``conf 0.98``; ``self_speculative`` -> ``self-spec``; other keys as they are."""
+    alg, sep, tau = key.rpartition("_tau")
+    if sep and alg and _num(tau) is not None:
+        return _decoding_label(alg, float(tau))
+    return _decoding_label(key, None) if key in ALG_ORDER else key
+
+
+def _figure_tpf_steps(curves: pd.DataFrame, models: Mapping[str, Mapping[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if curves is None or curves.empty:
+        fig, ax = plt.subplots(figsize=(5, 3))
+        ax.text(0.5, 0.5, "no TPF curves\n(no sdlm_training.json with a tpf_curve)", ha="center", va="center")
+        ax.set_axis_off()
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return
+    panels = list(dict.fromkeys(curves["model"]))
+    ncol = min(3, len(panels))
+    nrow = math.ceil(len(panels) / ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.6 * ncol, 3.6 * nrow), squeeze=False)
+    keys = list(dict.fromkeys(curves["decoder"]))
+    cmap = plt.get_cmap("tab10")
+    colour = {k: cmap(i % 10) for i, k in enumerate(keys)}
+    for ax, model in zip(axes.flat, panels):
+        g = curves[curves["model"] == model]
+        for key, gk in g.groupby("decoder", sort=False):
+            gk = gk.sort_values("step")
+            ax.plot(gk["step"], gk["tpf"], marker="o", markersize=4, color=colour[key], label=_curve_label(key),
+                    linestyle="--" if key == "self_speculative" else "-")
+        n_p, mnt = g["n_prompts"].dropna(), g["max_new_tokens"].dropna()
+        sub = f"{int(n_p.iloc[0])} prompts x {int(mnt.iloc[0])} new tokens" if len(n_p) and len(mnt) else ""
+        last = g.loc[g["step"].idxmax()]
+        secs = f", {last['train_seconds']:.0f} s at step {int(last['step'])}" if not _missing(last["train_seconds"]) else ""
+        ax.set_title(f"{_label(model, models)}\n{sub}{secs}", fontsize=9)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("TPF (tokens per forward)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_axis_off()
+    fig.suptitle("TPF on held-out prompts during retrofit training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _provenance_md(frame: pd.DataFrame) -> str:
     lines = ["# Provenance of the report", ""]
     if frame.empty:
@@ -642,16 +865,18 @@ def _provenance_md(frame: pd.DataFrame) -> str:
 
 def write_report(frame: pd.DataFrame, out: str | os.PathLike, *, paper: pd.DataFrame | None = None,
                  models: Mapping[str, Mapping[str, Any]] | None = None, batches: pd.DataFrame | None = None,
-                 table3_tau: float = 0.98) -> list[Path]:
+                 table3_tau: float = 0.98,
+                 training: Mapping[str, str | os.PathLike] | Iterable[str | os.PathLike] | None = None) -> list[Path]:
     """Render every table (md, tex, html), the figures and ``provenance.md`` into ``out``; returns the paths
-    (always all of :data:`REPORT_FILES`)."""
+    (always all of :data:`REPORT_FILES`). ``training``: the checkpoints' ``sdlm_training.json`` files for the
+    TPF-vs-steps figure (:func:`load_tpf_curves`; ``None``: those found beside the frame's checkpoints)."""
     from sdlm.provenance import atomic_write_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     models = models or {}
     paper = paper if paper is not None else load_paper_numbers(None)
-    frame = add_speedup(frame, models)
+    frame = _with_optional(add_speedup(frame, models))
     tables = {"table1": table1(frame, paper, models), "table3": table3(frame, paper, models, tau=table3_tau),
               "speed": speed_table(frame, models)}
     notes = _notes(frame)
@@ -663,6 +888,8 @@ def write_report(frame: pd.DataFrame, out: str | os.PathLike, *, paper: pd.DataF
         written.append(atomic_write_text(out / f"{name}.html", _html(df, cap, notes)))
     _figure_tau(frame, paper, models, out / "fig_tau_ablation.png")
     _figure_throughput(frame, batches if batches is not None else batch_frame(frame), models, out / "fig_throughput.png")
+    _figure_tpf_steps(load_tpf_curves(training if training is not None else training_files(frame)), models,
+                      out / "fig_tpf_vs_steps.png")
     written += [out / f for f in FIGURES]
     written.append(atomic_write_text(out / "provenance.md", _provenance_md(frame)))
     return written
@@ -670,8 +897,10 @@ def write_report(frame: pd.DataFrame, out: str | os.PathLike, *, paper: pd.DataF
 
 def report(cells: str | os.PathLike | Iterable[str | os.PathLike], out: str | os.PathLike, *,
            paper: str | os.PathLike | None = None, models: str | os.PathLike | Mapping | None = None,
-           table3_tau: float = 0.98) -> pd.DataFrame:
-    """The whole report: aggregate ``cells`` into ``out/cells.csv`` (+ ``batches.csv``) and render it."""
+           table3_tau: float = 0.98,
+           training: Mapping[str, str | os.PathLike] | Iterable[str | os.PathLike] | None = None) -> pd.DataFrame:
+    """The whole report: aggregate ``cells`` into ``out/cells.csv`` (+ ``batches.csv``) and render it
+    (``training``: see :func:`write_report`)."""
     from sdlm.provenance import atomic_write_text
 
     frame = aggregate(cells)
@@ -681,7 +910,7 @@ def report(cells: str | os.PathLike | Iterable[str | os.PathLike], out: str | os
     atomic_write_text(out / "cells.csv", frame.to_csv(index=False))
     atomic_write_text(out / "batches.csv", batches.to_csv(index=False))
     write_report(frame, out, paper=load_paper_numbers(paper), models=load_models(models), batches=batches,
-                 table3_tau=table3_tau)
+                 table3_tau=table3_tau, training=training)
     return frame
 
 
@@ -690,10 +919,12 @@ def read_frame(path: str | os.PathLike) -> pd.DataFrame:
     frame = pd.read_csv(path)
     if "block_size" in frame:
         frame["block_size"] = frame["block_size"].astype("Int64")
-    for c in ("tau", "accuracy", "tpf", "tokens_per_s", "decode_tokens_per_s", "prefill_s", "decode_s"):
+    for c in ("tau", "accuracy", "acc_lo", "acc_hi", "identical_text_pct", "same_answer_pct", "tpf", "tokens_per_s",
+              "decode_tokens_per_s", "prefill_s", "decode_s"):
         if c in frame:
             frame[c] = frame[c].astype(float)
-    for c in ("model", "task", "benchmark", "decoder", "alg", "hardware", "cell_path", "stats_file"):
+    for c in ("model", "task", "benchmark", "decoder", "alg", "hardware", "cell_path", "stats_file", "checkpoint",
+              "fidelity_reference"):
         if c in frame:
             frame[c] = frame[c].astype(object).where(frame[c].notna(), None)
     return frame

@@ -128,6 +128,27 @@ def test_ar_cell_equals_lm_eval_hf_model(ckpt, tmp_path):
     assert ours["rows"][0]["decode"]["tpf"] == 1.0
 
 
+def test_fidelity_of_real_cells(cell, ckpt, tmp_path):
+    """sdlm.fidelity on cells written by evaluate_cell: the one-token-per-step reference (threshold 2.0) against
+    itself and against self-speculative decoding is exactly 1.0 on every task; the tau = 0.5 cell is compared
+    doc by doc on all five tasks (answers extracted per task)."""
+    from sdlm.fidelity import FIDELITY_FILE, cell_fidelity, write_fidelity
+
+    base = SDLM_ARGS.replace(",threshold=0.5", "").replace("alg=prob_conf,", "")
+    ref, spec = tmp_path / "step1_D4", tmp_path / "self_speculative_D4"
+    evaluate_cell(f"pretrained={ckpt},alg=prob_conf,threshold=2.0,{base}", TASKS, limit=2, output_dir=ref)
+    evaluate_cell(f"pretrained={ckpt},alg=self_speculative,{base}", ["gsm8k_sdlm", "mbpp_sdlm"], limit=2, output_dir=spec)
+    assert json.loads((spec / "cell.json").read_text())[0]["decode"]["tpf"] > 1.0  # it did take several per step
+    for other, tasks in ((ref, TASKS), (spec, ["gsm8k_sdlm", "mbpp_sdlm"])):
+        res = write_fidelity(other, ref)["tasks"]
+        assert list(res) == tasks and (other / FIDELITY_FILE).is_file()
+        assert all((r["n"], r["identical_text"], r["same_answer"]) == (2, 1.0, 1.0) for r in res.values())
+    res = cell_fidelity(cell[0], ref)["tasks"]
+    assert list(res) == TASKS and all(r["n"] == 2 and r["same_answer"] >= r["identical_text"] for r in res.values())
+    assert any(r["identical_text"] < 1.0 for r in res.values())  # bidirectional blocks at tau 0.5 change outputs
+    assert res["mbpp_sdlm"]["answer"].startswith("extracted program")
+
+
 def test_data_parallel_two_processes(cell, ckpt, tmp_path):
     """``torchrun`` x2 (gloo on CPU): lm-eval shards the docs (3 -> 2 + 1, padded), our hooks gather them back."""
     out, script = tmp_path / "dp", tmp_path / "dp.py"

@@ -24,7 +24,8 @@ SNAKEFILE = REPO / "Snakefile"
 TEST_CONFIG = REPO / "config" / "test.yaml"
 DATA_DIR = Path(os.environ.get("SDLM_DATA_DIR") or REPO.parent / "shared" / "data")
 REPORT_FILES = [f"{t}.{e}" for t in ("table1", "table3", "speed") for e in ("md", "tex", "html")] + [
-    "fig_tau_ablation.png", "fig_throughput.png", "provenance.md", "cells.csv", "batches.csv", "models.json"]
+    "fig_tau_ablation.png", "fig_throughput.png", "fig_tpf_vs_steps.png", "provenance.md", "cells.csv", "batches.csv",
+    "models.json"]
 
 pytestmark = pytest.mark.skipif(not (DATA_DIR / "gsm8k" / "test.jsonl").is_file(),
                                 reason=f"benchmark data not found in {DATA_DIR} (set SDLM_DATA_DIR)")
@@ -72,12 +73,14 @@ def write_config(path: Path, **changes) -> Path:
 
 # ================================================================================ dry runs of the shipped configs
 @pytest.mark.parametrize("name, expected", [
+    # every SDLM (model, D, task) adds its one-token-per-step reference cell (eval_reference) and every cell of
+    # an SDLM model a fidelity job: demo 2 D x 3 tasks and 20 + 6 + 6 SDLM cells; paper 5 SDLMs x 6 tasks
     ("config.yaml", {"prepare_model": 1, "prepare_sft": 1, "retrofit": 2, "ar_sft": 1, "eval_confidence": 20,
-                     "eval_self_speculative": 6, "eval_ar": 3, "models_meta": 1, "aggregate": 1, "report": 1,
-                     "all": 1, "total": 38}),
+                     "eval_self_speculative": 6, "eval_ar": 3, "eval_reference": 6, "fidelity": 32, "models_meta": 1,
+                     "aggregate": 1, "report": 1, "all": 1, "total": 76}),
     ("paper.yaml", {"prepare_model": 6, "prepare_sft": 1, "retrofit": 2, "ar_sft": 1, "eval_confidence": 240,
-                    "eval_self_speculative": 30, "eval_ar": 18, "models_meta": 1, "aggregate": 1, "report": 1,
-                    "all": 1, "total": 302}),
+                    "eval_self_speculative": 30, "eval_ar": 18, "eval_reference": 30, "fidelity": 300, "models_meta": 1,
+                    "aggregate": 1, "report": 1, "all": 1, "total": 632}),
 ])
 def test_dag_of_shipped_configs(tmp_path, name, expected):
     assert dry(tmp_path, config=REPO / "config" / name) == expected
@@ -86,7 +89,7 @@ def test_dag_of_shipped_configs(tmp_path, name, expected):
 
 def test_default_config_is_the_demo(tmp_path):
     """No --configfile: config/config.yaml (found next to the Snakefile, whatever the working directory)."""
-    assert dry(tmp_path, config=None)["total"] == 38
+    assert dry(tmp_path, config=None)["total"] == 76
 
 
 def test_paper_commands(tmp_path):
@@ -106,7 +109,7 @@ def test_slurm_profile_dry_run(tmp_path):
     pytest.importorskip("snakemake_executor_plugin_slurm")
     proc = smk(tmp_path, "-n", "--workflow-profile", str(REPO / "pipeline" / "profiles" / "slurm"),
                config=REPO / "config" / "paper.yaml")
-    assert job_counts(proc.stdout + proc.stderr)["total"] == 302
+    assert job_counts(proc.stdout + proc.stderr)["total"] == 632
 
 
 # ================================================================================ validation
@@ -118,6 +121,7 @@ def test_slurm_profile_dry_run(tmp_path):
     ({"tasks.gsm8k_sdlm.limit": "two"}, "two"),               # wrong type
     ({"models.tiny.retrofit.data": "nope"}, "nope"),           # dangling reference (checked after the schema)
     ({"models.tiny.retrofit.training": "slow"}, "slow"),
+    ({"decoding.reference_tau": 0.5}, "0.5"),                  # a reference must accept one token per step
 ])
 def test_config_errors_name_the_culprit(tmp_path, changes, needle):
     cfg = write_config(tmp_path / "bad.yaml", **changes)
@@ -134,17 +138,57 @@ def test_cell_outside_the_grid_is_refused(tmp_path):
     assert "not in this configuration's grid" in proc.stdout + proc.stderr
 
 
+# ================================================================================ reference cells and fidelity (dry)
+def _job_blocks(out: str) -> list[str]:
+    return re.split(r"\n(?=\[[^\]]+\]\n(?:local)?rule )", out)
+
+
+def test_reference_cells_and_fidelity_in_the_dag(tmp_path):
+    """config/test.yaml: every SDLM (model, task) gets a step1_D4 cell (prob_conf, tau 2.0, otherwise the same
+    arguments as its confidence cell) and every SDLM cell a fidelity job reading the cell and its reference;
+    the AR baseline gets none."""
+    proc = smk(tmp_path, "-n", "-p")
+    out = proc.stdout + proc.stderr
+    counts = job_counts(out)
+    assert (counts["eval_reference"], counts["fidelity"], counts["total"]) == (2, 6, 22)
+    blocks = _job_blocks(out)
+    for task in ("gsm8k_sdlm", "mbpp_sdlm"):
+        cells = f"results/cells/tiny-D4/{task}"
+        ref = [b for b in blocks if "rule eval_reference:" in b and f"{cells}/step1_D4/cell.json" in b]
+        conf = [b for b in blocks if "rule eval_confidence:" in b and f"{cells}/prob_conf_D4_tau0.9/cell.json" in b]
+        assert len(ref) == len(conf) == 1
+        ref_cmd = re.search(r"sdlm eval (.*?) >", ref[0]).group(1)
+        conf_cmd = re.search(r"sdlm eval (.*?) >", conf[0]).group(1)
+        assert "alg=prob_conf,block_size=4,threshold=2.0," in ref_cmd
+        assert ref_cmd.replace("threshold=2.0", "threshold=0.9").replace("step1_D4", "prob_conf_D4_tau0.9") == conf_cmd
+        for dec in ("prob_conf_D4_tau0.9", "self_speculative_D4", "step1_D4"):
+            fid = [b for b in blocks if "rule fidelity:" in b and f"{cells}/{dec}/fidelity.json" in b]
+            assert len(fid) == 1, dec
+            inputs = re.search(r"input: (.*)", fid[0]).group(1).split(", ")
+            assert sorted(set(inputs)) == sorted({f"{cells}/{dec}/cell.json", f"{cells}/step1_D4/cell.json"})
+    assert "tiny-ar/gsm8k_sdlm/ar/fidelity.json" not in out and "tiny-ar/gsm8k_sdlm/step1" not in out
+
+
+def test_no_fidelity_for_ar_baselines_and_none_without_reference(tmp_path):
+    proc = smk(tmp_path, "-n", "results/cells/tiny-ar/gsm8k_sdlm/ar/fidelity.json", check=False)
+    assert proc.returncode != 0 and "not an SDLM model" in proc.stdout + proc.stderr
+    cfg = write_config(tmp_path / "noref.yaml", **{"decoding.reference_tau": None})
+    counts = dry(tmp_path, config=cfg)
+    assert "eval_reference" not in counts and "fidelity" not in counts and counts["total"] == 14
+
+
 # ================================================================================ a complete tiny run
 CELLS = [
     "tiny-D4/gsm8k_sdlm/prob_conf_D4_tau0.9", "tiny-D4/gsm8k_sdlm/self_speculative_D4", "tiny-ar/gsm8k_sdlm/ar",
     "tiny-D4/mbpp_sdlm/prob_conf_D4_tau0.9", "tiny-D4/mbpp_sdlm/self_speculative_D4", "tiny-ar/mbpp_sdlm/ar",
+    "tiny-D4/gsm8k_sdlm/step1_D4", "tiny-D4/mbpp_sdlm/step1_D4",
 ]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     wd = tmp_path_factory.mktemp("pipeline")
-    assert dry(wd)["total"] == 14
+    assert dry(wd)["total"] == 22
     proc = smk(wd, "--cores", "2")
     return wd, proc
 
@@ -159,7 +203,7 @@ def test_run_produces_tables_and_figures(run):
     import pandas as pd
 
     frame = pd.read_csv(out / "cells.csv")
-    assert len(frame) == 6 and set(frame["model"]) == {"tiny-D4", "tiny-ar"}
+    assert len(frame) == 8 and set(frame["model"]) == {"tiny-D4", "tiny-ar"}
     assert frame["git_commit"].notna().all() and frame["config_hash"].notna().all()
     md = (out / "table1.md").read_text()
     assert "tiny Qwen2 NSP D=4" in md and "tiny Qwen2 AR-SFT" in md and "GSM8K" in md and "MBPP" in md
@@ -170,6 +214,24 @@ def test_run_produces_tables_and_figures(run):
     assert "[sdlm] step 2/2" in (wd / "results/logs/retrofit/tiny-D4.log").read_text()
     assert "generate_until" in (wd / "results/logs/eval/tiny-ar/gsm8k_sdlm/ar.log").read_text()
     assert (wd / "results/benchmarks/eval/tiny-ar/gsm8k_sdlm/ar.tsv").is_file()
+    # fidelity: beside every SDLM cell; self-speculative decoding equals one-token-per-step decoding exactly
+    import json
+
+    for cell in CELLS:
+        fid = wd / "results" / "cells" / cell / "fidelity.json"
+        assert fid.is_file() == cell.startswith("tiny-D4/"), cell
+    for task in ("gsm8k_sdlm", "mbpp_sdlm"):
+        for dec in ("self_speculative_D4", "step1_D4"):
+            res = json.loads((wd / "results/cells/tiny-D4" / task / dec / "fidelity.json").read_text())["tasks"][task]
+            assert (res["n"], res["identical_text"], res["same_answer"]) == (2, 1.0, 1.0), (task, dec)
+    spec = frame[frame["decoder"] == "self_speculative_D4"]
+    assert (spec["identical_text_pct"] == 100.0).all() and (spec["same_answer_pct"] == 100.0).all()
+    assert frame[frame["model"] == "tiny-ar"][["identical_text_pct", "same_answer_pct"]].isna().all().all()
+    assert frame["acc_lo"].notna().all() and frame["acc_hi"].notna().all() and (frame["n"] == 2).all()
+    speed = (out / "speed.md").read_text()
+    assert "identical text %" in speed and "same answer %" in speed and "1 tok/step" in speed
+    assert "0.0 [0.0, 65.8]" in speed  # 0 of 2 correct (random weights) with its Wilson interval
+    assert (out / "fig_tpf_vs_steps.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_rerun_is_a_no_op(run):
@@ -182,7 +244,7 @@ def test_deleted_cell_reruns_alone_with_the_report(run):
     cell = wd / "results" / "cells" / CELLS[1] / "cell.json"
     retro = (wd / "results/checkpoints/tiny-D4/sdlm_training.json").stat().st_mtime
     cell.unlink()
-    assert dry(wd) == {"eval_self_speculative": 1, "aggregate": 1, "report": 1, "all": 1, "total": 4}
+    assert dry(wd) == {"eval_self_speculative": 1, "fidelity": 1, "aggregate": 1, "report": 1, "all": 1, "total": 5}
     assert dry(wd, str(cell.relative_to(wd))) == {"eval_self_speculative": 1, "total": 1}  # one cell as a target
     smk(wd, "--cores", "2")
     assert cell.is_file() and dry(wd) == {}
@@ -223,7 +285,7 @@ def test_killed_evaluation_restarts(run):
     proc.wait()
     assert not cell.exists(), "killed before the end, yet cell.json exists"
     smk(wd, "--unlock")
-    assert dry(wd) == {"eval_confidence": 1, "aggregate": 1, "report": 1, "all": 1, "total": 4}
+    assert dry(wd) == {"eval_confidence": 1, "fidelity": 1, "aggregate": 1, "report": 1, "all": 1, "total": 5}
     smk(wd, "--cores", "2")
     assert cell.is_file() and dry(wd) == {}
 
@@ -231,7 +293,21 @@ def test_killed_evaluation_restarts(run):
 def test_new_tau_adds_only_its_cells(run, tmp_path):
     wd, _ = run
     cfg = write_config(tmp_path / "taus.yaml", **{"decoding.taus": [0.9, 0.8]})
-    assert dry(wd, config=cfg) == {"eval_confidence": 2, "aggregate": 1, "report": 1, "all": 1, "total": 5}
+    assert dry(wd, config=cfg) == {"eval_confidence": 2, "fidelity": 2, "aggregate": 1, "report": 1, "all": 1, "total": 7}
+
+
+def test_fidelity_reruns_with_its_cells(run):
+    """A reference cell that runs again redoes the fidelity of every cell compared with it, and nothing else;
+    a deleted fidelity.json is rebuilt alone (then the report)."""
+    wd, _ = run
+    ref = "results/cells/tiny-D4/mbpp_sdlm/step1_D4/cell.json"
+    assert dry(wd, "--forcerun", ref) == {"eval_reference": 1, "fidelity": 3, "aggregate": 1, "report": 1, "all": 1,
+                                          "total": 7}
+    fid = wd / "results/cells/tiny-D4/gsm8k_sdlm/prob_conf_D4_tau0.9/fidelity.json"
+    fid.unlink()
+    assert dry(wd) == {"fidelity": 1, "aggregate": 1, "report": 1, "all": 1, "total": 4}
+    smk(wd, "--cores", "2")
+    assert fid.is_file() and dry(wd) == {}
 
 
 def test_snakemake_report_and_cli_report(run, tmp_path):

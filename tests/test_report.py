@@ -43,6 +43,11 @@ def write_cell(root: Path, model: str, task: str, decoder: str, *, alg: str, D: 
     return d / "cell.json"
 
 
+def ci(p: float, n: int = 10) -> str:
+    lo, hi = R.wilson_interval(p, n)
+    return f"[{100 * lo:.1f}, {100 * hi:.1f}]"
+
+
 MODELS = {
     "sd-D4": {"label": "SD D=4", "block_size": 4, "paper_model": "SDLM-3B", "baseline": "base-ar"},
     "sd-D8": {"label": "SD D=8", "block_size": 8, "paper_model": None, "baseline": "base-ar"},
@@ -109,13 +114,15 @@ def test_table1_values_and_paper_rows(cells):
     assert list(t.columns) == ["Model", "D", "Decoding", "tau", "Source", "GSM8K", "MBPP", "Avg"]
     recs = t.to_dict("records")
     # AR first, then its paper row (Qwen-2.5-3B-SFT: GSM8K 85.8, MBPP 68.5)
+    # with Wilson 95% intervals over n = 10 (8/10: [49.0, 94.3], 6/10: [31.3, 83.2], textbook values)
     assert recs[0] == {"Model": "AR-SFT", "D": "", "Decoding": "AR", "tau": "", "Source": "measured",
-                             "GSM8K": "80.0", "MBPP": "60.0", "Avg": "70.0"}
+                             "GSM8K": "80.0 [49.0, 94.3]", "MBPP": "60.0 [31.3, 83.2]", "Avg": "70.0"}
     assert recs[1]["Source"] == "paper" and recs[1]["GSM8K"] == "85.8" and recs[1]["MBPP"] == "68.5"
     assert recs[1]["Avg"] == "77.2"  # (85.8 + 68.5) / 2: the columns shown, not the paper's 8-benchmark average
     # SD D=4 tau .98: measured then paper (84.6 (2.15), 65.4 (1.66))
     i = next(k for k, r in enumerate(recs) if r["Model"] == "SD D=4" and r["tau"] == "0.98")
-    assert recs[i]["Source"] == "measured" and recs[i]["GSM8K"] == "79.8 (1.50)" and recs[i]["MBPP"] == "59.8 (1.50)"
+    assert recs[i]["Source"] == "measured" and recs[i]["GSM8K"] == f"79.8 {ci(0.798)} (1.50)"
+    assert recs[i]["MBPP"] == f"59.8 {ci(0.598)} (1.50)"
     assert recs[i]["Avg"] == "69.8 (1.50)"
     assert recs[i + 1] == {**{k: recs[i][k] for k in ("Model", "D", "Decoding", "tau")}, "Source": "paper",
                            "GSM8K": "84.6 (2.15)", "MBPP": "65.4 (1.66)", "Avg": "75.0 (1.90)"}
@@ -145,11 +152,11 @@ def test_table3(cells):
     t = R.table3(R.aggregate(cells), R.load_paper_numbers(PAPER), MODELS)
     rows = [(r["Model"], r["Decoding"], r["Source"], r["GSM8K"]) for r in t.to_dict("records")]
     assert rows == [
-        ("AR-SFT", "AR", "measured", "80.0"), ("AR-SFT", "AR", "paper", "85.8"),
-        ("SD D=4", "conf 0.98", "measured", "79.8 (1.50)"), ("SD D=4", "conf 0.98", "paper", "84.6 (2.15)"),
-        ("SD D=4", "self-spec", "measured", "79.0 (3.00)"), ("SD D=4", "self-spec", "paper", "85.1 (3.62)"),
-        ("SD D=8", "conf 0.98", "measured", "79.8 (3.00)"),
-        ("SD D=8", "self-spec", "measured", "79.0 (6.00)"),
+        ("AR-SFT", "AR", "measured", "80.0 [49.0, 94.3]"), ("AR-SFT", "AR", "paper", "85.8"),
+        ("SD D=4", "conf 0.98", "measured", f"79.8 {ci(0.798)} (1.50)"), ("SD D=4", "conf 0.98", "paper", "84.6 (2.15)"),
+        ("SD D=4", "self-spec", "measured", f"79.0 {ci(0.79)} (3.00)"), ("SD D=4", "self-spec", "paper", "85.1 (3.62)"),
+        ("SD D=8", "conf 0.98", "measured", f"79.8 {ci(0.798)} (3.00)"),
+        ("SD D=8", "self-spec", "measured", f"79.0 {ci(0.79)} (6.00)"),
     ]
     # without tau .98 the highest measured tau stands in
     f = R.aggregate(cells)
@@ -186,7 +193,9 @@ def test_write_report(cells, tmp_path):
     frame = R.report(cells, out, paper=PAPER, models=MODELS)
     assert sorted(p.name for p in out.iterdir()) == sorted([*R.REPORT_FILES, "cells.csv", "batches.csv"])
     md = (out / "table1.md").read_text()
-    assert "| SD D=4  | 4   | conf 0.98  | 0.98  | paper    | 84.6 (2.15) | 65.4 (1.66) | 75.0 (1.90) |" in md
+    paper_row = [line for line in md.splitlines() if "| paper " in line and "84.6 (2.15)" in line]
+    assert len(paper_row) == 1 and "| SD D=4 " in paper_row[0] and "| conf 0.98 " in paper_row[0]
+    assert "| 65.4 (1.66) " in paper_row[0] and "| 75.0 (1.90) |" in paper_row[0]
     tex = (out / "table1.tex").read_text()
     assert "\\toprule" in tex and "\\midrule" in tex and "\\bottomrule" in tex and "Accuracy (\\%)" in tex
     assert "84.6 (2.15)" in tex
@@ -230,3 +239,131 @@ def test_cli(cells, tmp_path):
     assert "18 rows from 18 cells" in proc.stdout and (tmp_path / "o" / "table1.tex").is_file()
     proc = run("--cells", str(tmp_path / "missing"), "--out", str(tmp_path / "o2"))
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "missing" in proc.stderr
+
+
+# ================================================================================ intervals, fidelity, TPF curves
+def test_wilson_columns(cells):
+    f = R.aggregate(cells)
+    row = f[(f.model == "sd-D4") & (f.task == "gsm8k_sdlm") & (f.decoder == "prob_conf_D4_tau0.9")].iloc[0]
+    lo, hi = R.wilson_interval(0.79, 10)
+    assert (row.acc_lo, row.acc_hi, row.n) == (pytest.approx(100 * lo), pytest.approx(100 * hi), 10)
+    assert (f.acc_lo < f.accuracy).all() and (f.accuracy < f.acc_hi).all()
+
+
+def _samples(cell_json: Path, texts: list[str]) -> None:
+    task = json.loads(cell_json.read_text())[0]["task"]
+    recs = [{"doc_id": i, "doc": {}, "resps": [[t]], "filtered_resps": [t], "filter": "none"} for i, t in enumerate(texts)]
+    (cell_json.parent / f"samples_{task}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+
+
+@pytest.fixture
+def fid_cells(cells):
+    """sd-D4 on GSM8K with its one-token-per-step reference (step1_D4) and fidelity.json beside every cell."""
+    from sdlm.fidelity import write_fidelity
+
+    root = cells / "sd-D4" / "gsm8k_sdlm"
+    ref = write_cell(cells, "sd-D4", "gsm8k_sdlm", "step1_D4", alg="prob_conf", D=4, tau=2.0, acc=0.79, tpf=1.0, tps=20.0)
+    texts = [f"step {i} \\boxed{{{i}}}" for i in range(10)]
+    _samples(ref, texts)
+    _samples(root / "self_speculative_D4" / "cell.json", texts)
+    # tau .98: 2 texts differ, 1 of them with another answer; tau .82: 5 differ, 5 other answers
+    _samples(root / "prob_conf_D4_tau0.98" / "cell.json",
+             [t.replace("step 0", "Step 0") if i == 0 else t.replace("{1}", "{7}") if i == 1 else t for i, t in enumerate(texts)])
+    _samples(root / "prob_conf_D4_tau0.82" / "cell.json", [f"x \\boxed{{{i + 1}}}" if i < 5 else t for i, t in enumerate(texts)])
+    for d in ("step1_D4", "self_speculative_D4", "prob_conf_D4_tau0.98", "prob_conf_D4_tau0.82"):
+        write_fidelity(root / d, root / "step1_D4")
+    return cells
+
+
+def test_fidelity_columns_and_tables(fid_cells, tmp_path):
+    f = R.aggregate(fid_cells)
+    g = f[(f.model == "sd-D4") & (f.task == "gsm8k_sdlm")].set_index("decoder")
+    assert g.loc["step1_D4", ["identical_text_pct", "same_answer_pct", "fidelity_n"]].tolist() == [100.0, 100.0, 10]
+    assert g.loc["self_speculative_D4", ["identical_text_pct", "same_answer_pct"]].tolist() == [100.0, 100.0]
+    assert g.loc["prob_conf_D4_tau0.98", ["identical_text_pct", "same_answer_pct"]].tolist() == [80.0, 90.0]
+    assert g.loc["prob_conf_D4_tau0.82", ["identical_text_pct", "same_answer_pct"]].tolist() == [50.0, 50.0]
+    assert g.loc["step1_D4", "fidelity_reference"] == "step1_D4" and g.loc["step1_D4", "tau"] == 2.0
+    # no fidelity.json: blank, never 1.0 (AR baselines; cells not compared)
+    assert f[f.alg == "ar"][["identical_text_pct", "same_answer_pct"]].isna().all().all()
+    assert pd.isna(g.loc["prob_conf_D4_tau0.9", "identical_text_pct"])
+
+    speed = R.speed_table(f, MODELS)
+    assert {"accuracy [95% CI]", "identical text %", "same answer %"} <= set(speed.columns)
+    rec = speed[(speed.Model == "SD D=4") & (speed.Benchmark == "GSM8K") & (speed.tau == "0.98")].iloc[0]
+    assert (rec["identical text %"], rec["same answer %"]) == ("80.0", "90.0")
+    assert rec["accuracy [95% CI]"] == f"79.8 {ci(0.798)}"
+    ar = speed[speed.Decoding == "AR"].iloc[0]
+    assert (ar["identical text %"], ar["same answer %"]) == ("–", "–")
+    step = speed[speed.Decoding == "1 tok/step"]
+    assert len(step) == 1 and step.iloc[0]["identical text %"] == "100.0"
+
+    t1 = R.table1(f, None, MODELS)
+    assert "1 tok/step" in set(t1.Decoding)
+    t3 = R.table3(f, None, MODELS)
+    d4 = [(r["Decoding"], r["tau"]) for r in t3.to_dict("records") if r["Model"] == "SD D=4"]
+    assert d4 == [("conf 0.98", "0.98"), ("1 tok/step", "2"), ("self-spec", "")]  # tau 2 is not "the highest tau"
+
+    out = tmp_path / "rep"
+    R.report(fid_cells, out, models=MODELS)
+    md = (out / "speed.md").read_text()
+    assert "identical text %" in md and "same answer %" in md and "accuracy [95% CI]" in md and "80.0" in md
+    assert "Wilson 95% interval" in (out / "table1.md").read_text()
+    csv = R.read_frame(out / "cells.csv")
+    for col in ("acc_lo", "acc_hi", "n", "identical_text_pct", "same_answer_pct", "fidelity_n"):
+        assert col in csv.columns
+    assert csv.identical_text_pct.notna().sum() == 4
+
+
+def test_stale_fidelity_is_ignored(fid_cells):
+    cell = fid_cells / "sd-D4" / "gsm8k_sdlm" / "prob_conf_D4_tau0.98" / "cell.json"
+    rows = json.loads(cell.read_text())
+    rows[0]["provenance"]["time_utc"] = "2027-01-01T00:00:00Z"  # the cell ran again after its fidelity.json
+    cell.write_text(json.dumps(rows))
+    with pytest.warns(UserWarning, match="another run"):
+        f = R.aggregate(fid_cells)
+    assert f[f.cell_path == str(cell)].identical_text_pct.isna().all()
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:4] == b"\x89PNG"
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+def _training_json(folder: Path, curve: list | None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    data = {"mode": "nsp", "max_steps": 8, **({"tpf_curve": curve} if curve is not None else {})}
+    (folder / "sdlm_training.json").write_text(json.dumps(data))
+    return folder / "sdlm_training.json"
+
+
+def _curve(scale: float) -> list[dict]:
+    return [{"step": s, "train_seconds": 10.0 * s, "n_prompts": 8, "max_new_tokens": 96, "probe_seconds": 3.0,
+             "tpf": {"prob_conf_tau0.98": 1.0 + scale * s, "prob_conf_tau0.82": 1.1 + 2 * scale * s,
+                     "self_speculative": 1.2 + 3 * scale * s}} for s in (0, 4, 8)]
+
+
+def test_tpf_curves_and_figure(cells, tmp_path):
+    ck = tmp_path / "checkpoints"
+    files = {"sd-D4": _training_json(ck / "sd-D4", _curve(0.1)), "sd-D8": _training_json(ck / "sd-D8", _curve(0.2)),
+             "base-ar": _training_json(ck / "base-ar", None)}  # an older / AR checkpoint: no tpf_curve
+    curves = R.load_tpf_curves(files)
+    assert set(curves.model) == {"sd-D4", "sd-D8"} and len(curves) == 2 * 3 * 3
+    r = curves[(curves.model == "sd-D8") & (curves.step == 8) & (curves.decoder == "self_speculative")].iloc[0]
+    assert (r.tpf, r.train_seconds, r.n_prompts, r.max_new_tokens) == (pytest.approx(1.2 + 3 * 0.2 * 8), 80.0, 8, 96)
+    assert R.load_tpf_curves(list(files.values())).model.tolist() == curves.model.tolist()  # key = folder name
+    assert R.load_tpf_curves([files["base-ar"]]).empty and R.load_tpf_curves(None).empty
+    assert R._curve_label("prob_conf_tau0.82") == "conf 0.82" and R._curve_label("self_speculative") == "self-spec"
+
+    out = tmp_path / "rep"
+    R.write_report(R.aggregate(cells), out, models=MODELS, training=files)
+    w, h = _png_size(out / "fig_tpf_vs_steps.png")
+    assert (w, h) == (round(4.6 * 2 * 110), round(3.6 * 110))  # two panels: the two checkpoints with a curve
+    R.write_report(R.aggregate(cells), out, models=MODELS, training=[files["base-ar"]])
+    assert _png_size(out / "fig_tpf_vs_steps.png") == (500, 300)  # the "no TPF curves" placeholder, no crash
+    # without explicit files: those beside the cells' checkpoints (the `checkpoint` column)
+    f = R.aggregate(cells)
+    f.loc[f.model == "sd-D4", "checkpoint"] = str(ck / "sd-D4")
+    assert R.training_files(f) == {"sd-D4": files["sd-D4"]}
+    R.write_report(f, out, models=MODELS)
+    assert _png_size(out / "fig_tpf_vs_steps.png") == (round(4.6 * 110), round(3.6 * 110))

@@ -1,6 +1,7 @@
 # Stage 5: aggregate and report. models.json (model metadata from the config) + every cell.json of the grid
-# -> results/report/cells.csv (one row per cell and task, provenance columns included) and batches.csv
-# (per decoded batch) -> tables (Markdown, LaTeX, HTML) and figures, all marked for `snakemake --report`.
+# (+ the fidelity.json beside each SDLM cell) -> results/report/cells.csv (one row per cell and task,
+# provenance columns included) and batches.csv (per decoded batch) -> tables (Markdown, LaTeX, HTML) and
+# figures (the TPF-vs-steps one from the checkpoints' sdlm_training.json), all marked for `snakemake --report`.
 
 
 rule models_meta:
@@ -17,6 +18,7 @@ rule models_meta:
 rule aggregate:
     input:
         cells=all_cells(),
+        fidelity=all_fidelity(),  # read beside each cell.json by sdlm.report.aggregate
     output:
         cells=report(f"{REPORT_DIR}/cells.csv", caption="../report/cells.rst", category="Data", subcategory="cells"),
         batches=f"{REPORT_DIR}/batches.csv",
@@ -37,12 +39,14 @@ rule report:
         batches=f"{REPORT_DIR}/batches.csv",
         models=f"{REPORT_DIR}/models.json",
         paper=[p for p in [paper_numbers_path()] if p],
+        training=list(training_summaries().values()),  # TPF probe curves (fig_tpf_vs_steps.png)
     output:
         **{name.replace(".", "_"): report(f"{REPORT_DIR}/{name}", caption=cap, category=cat, subcategory=sub)
            for name, cap, cat, sub in REPORT_OUTPUTS},
     params:
         out=lambda wc, output: os.path.dirname(output[0]),
         table3_tau=(config.get("report") or {}).get("table3_tau", 0.98),
+        training=json.dumps(training_summaries(), sort_keys=True),
     log:
         f"{RESULTS}/logs/report/report.log",
     benchmark:

@@ -1,5 +1,7 @@
-"""Snakemake script of rule report: cells.csv (+ batches.csv, models.json, paper numbers) -> tables, figures."""
+"""Snakemake script of rule report: cells.csv (+ batches.csv, models.json, paper numbers, the checkpoints'
+sdlm_training.json files) -> tables, figures."""
 
+import json
 import sys
 
 sm = snakemake  # noqa: F821  (injected by Snakemake)
@@ -12,5 +14,5 @@ frame = read_frame(sm.input.cells)
 batches = pd.read_csv(sm.input.batches)
 paper = load_paper_numbers(sm.input.paper[0] if len(sm.input.paper) else None)
 written = write_report(frame, sm.params.out, paper=paper, models=load_models(sm.input.models), batches=batches,
-                       table3_tau=float(sm.params.table3_tau))
+                       table3_tau=float(sm.params.table3_tau), training=json.loads(sm.params.training))
 print("[sdlm] wrote " + ", ".join(str(p) for p in written))
