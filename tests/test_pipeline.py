@@ -8,6 +8,7 @@ Snakemake runs in a subprocess (``python -m snakemake``), as a user would run it
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -150,7 +151,7 @@ def test_reference_cells_and_fidelity_in_the_dag(tmp_path):
     proc = smk(tmp_path, "-n", "-p")
     out = proc.stdout + proc.stderr
     counts = job_counts(out)
-    assert (counts["eval_reference"], counts["fidelity"], counts["total"]) == (2, 6, 22)
+    assert (counts["eval_reference"], counts["fidelity"], counts["distill_sft"], counts["total"]) == (2, 6, 1, 23)
     blocks = _job_blocks(out)
     for task in ("gsm8k_sdlm", "mbpp_sdlm"):
         cells = f"results/cells/tiny-D4/{task}"
@@ -174,7 +175,7 @@ def test_no_fidelity_for_ar_baselines_and_none_without_reference(tmp_path):
     assert proc.returncode != 0 and "not an SDLM model" in proc.stdout + proc.stderr
     cfg = write_config(tmp_path / "noref.yaml", **{"decoding.reference_tau": None})
     counts = dry(tmp_path, config=cfg)
-    assert "eval_reference" not in counts and "fidelity" not in counts and counts["total"] == 14
+    assert "eval_reference" not in counts and "fidelity" not in counts and counts["total"] == 15
 
 
 # ================================================================================ a complete tiny run
@@ -188,9 +189,24 @@ CELLS = [
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     wd = tmp_path_factory.mktemp("pipeline")
-    assert dry(wd)["total"] == 22
+    assert dry(wd)["total"] == 23
     proc = smk(wd, "--cores", "2")
     return wd, proc
+
+
+def test_run_trains_on_self_distilled_data_with_a_tpf_probe(run):
+    wd, _ = run
+    sft = wd / "results" / "data" / "sft"
+    prepared = [json.loads(x) for x in (sft / "gsm8k_tiny.jsonl").read_text().splitlines()]
+    distilled = [json.loads(x) for x in (sft / "gsm8k_tiny.distilled.jsonl").read_text().splitlines()]
+    assert len(distilled) == len(prepared) == 16
+    assert [d["messages"][:-1] for d in distilled] == [p["messages"][:-1] for p in prepared]  # same prompts
+    assert any(d["messages"][-1] != p["messages"][-1] for d, p in zip(distilled, prepared))  # the model's answers
+    for ckpt in ("tiny-D4", "tiny-ar"):
+        summary = json.loads((wd / "results" / "checkpoints" / ckpt / "sdlm_training.json").read_text())
+        assert summary["config"]["data"].endswith("gsm8k_tiny.distilled.jsonl")
+    d4 = json.loads((wd / "results" / "checkpoints" / "tiny-D4" / "sdlm_training.json").read_text())
+    assert [p["step"] for p in d4["tpf_curve"]] == [0, 1, 2] and d4["data"]["n_records"] == 14
 
 
 def test_run_produces_tables_and_figures(run):
