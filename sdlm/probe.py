@@ -66,6 +66,7 @@ class TPFProbe(TrainerCallback):
             return
         self._last = step
         t = time.perf_counter()
+        train_s = t - self._t0 - self.probe_seconds  # training time so far: earlier probes excluded
         was_training, use_cache = self.model.training, self.model.config.use_cache
         self.model.eval()
         self.model.config.use_cache = True
@@ -77,7 +78,6 @@ class TPFProbe(TrainerCallback):
             self.model.config.use_cache = use_cache
             self.model.train(was_training)
         took = time.perf_counter() - t
-        train_s = time.perf_counter() - self._t0 - self.probe_seconds
         self.probe_seconds += took
         self.curve.append({"step": step, "train_seconds": round(train_s, 2), "n_prompts": len(self.prompts),
                            "max_new_tokens": self.kw["max_new_tokens"], "probe_seconds": round(took, 2), "tpf": tpf})

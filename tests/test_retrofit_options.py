@@ -76,6 +76,8 @@ def test_tpf_probe_curve_holds_out_prompts_and_excludes_probe_time(tmp_path):
         assert p["tpf"]["self_speculative"] >= 8 / 9 - 1e-3 and p["n_prompts"] == 3
     times = [p["train_seconds"] for p in curve]
     assert times == sorted(times) and summary["probe_seconds"] > 0
+    assert times[0] < curve[0]["probe_seconds"]  # step 0: no training yet, and probe time is not counted
+    assert times[-1] <= summary["train_seconds"] + 1.0
     assert summary["data"]["n_records"] == 37  # 3 records held out for the probe
     assert "tpf probe step 6" in log.getvalue()
     # the last probe decodes with the final model: re-measure it and compare
