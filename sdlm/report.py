@@ -659,6 +659,20 @@ _CAPTIONS = {
 }
 
 
+def _placeholder_figure(path: Path, text: str) -> None:
+    """A small figure that says why there is nothing to plot (the report's file list stays fixed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3))
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    ax.set_axis_off()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def _figure_tau(frame: pd.DataFrame, paper: pd.DataFrame, models: Mapping[str, Mapping[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -668,11 +682,7 @@ def _figure_tau(frame: pd.DataFrame, paper: pd.DataFrame, models: Mapping[str, M
     f = frame[frame["accuracy"].notna() & frame["tpf"].notna()] if not frame.empty else frame
     benches = _bench_columns(f) if not f.empty else []
     if not benches:
-        fig, ax = plt.subplots(figsize=(5, 3))
-        ax.text(0.5, 0.5, "no cells", ha="center", va="center")
-        ax.set_axis_off()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        _placeholder_figure(path, "no cells")
         return
     f = add_speedup(f, models) if "speedup" not in f.columns else f
     n = len(benches)
@@ -814,11 +824,7 @@ def _figure_tpf_steps(curves: pd.DataFrame, models: Mapping[str, Mapping[str, An
     import matplotlib.pyplot as plt
 
     if curves is None or curves.empty:
-        fig, ax = plt.subplots(figsize=(5, 3))
-        ax.text(0.5, 0.5, "no TPF curves\n(no sdlm_training.json with a tpf_curve)", ha="center", va="center")
-        ax.set_axis_off()
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        _placeholder_figure(path, "no TPF curves\n(no sdlm_training.json with a tpf_curve)")
         return
     panels = list(dict.fromkeys(curves["model"]))
     ncol = min(3, len(panels))
