@@ -703,10 +703,13 @@ def _figure_tau(frame: pd.DataFrame, paper: pd.DataFrame, models: Mapping[str, M
                 ax.plot(g[xcol].astype(float), g["accuracy"].astype(float), marker=markers.get(alg, "o"),
                         linestyle="-" if alg in CONF_ALGS else "none", color=colour[(model, alg)], label=label,
                         markersize=10 if alg == "self_speculative" else 6)
+                # tau labels, lifted per series so that series stacked at one accuracy (e.g. all 0) stay readable;
+                # reference cells (tau > 1, one token per step) are not part of the tau sweep
+                lift = 3 + 7 * (series.index((model, alg)) % 4)
                 for r in g.itertuples():
-                    if r.tau is not None and not pd.isna(r.tau):
+                    if r.tau is not None and not pd.isna(r.tau) and float(r.tau) <= 1:
                         ax.annotate(f"{r.tau:g}", (float(getattr(r, xcol)), float(r.accuracy)), fontsize=7,
-                                    textcoords="offset points", xytext=(3, 3))
+                                    color=colour[(model, alg)], textcoords="offset points", xytext=(3, lift))
             if row == 0 and paper is not None and not paper.empty:
                 wanted = {(m.get("paper_model"), m.get("block_size")) for m in models.values() if m.get("paper_model")}
                 pp = paper[(paper["benchmark"] == b) & paper["tpf"].notna()]
