@@ -40,6 +40,7 @@ VARIANTS: dict[str, tuple[str, dict, bool]] = {
     "short_rows": ("rows <= 256 tokens", {"max_len": 256}, False),
     "cosine": ("cosine LR decay to 0 after warm-up", {"lr_scheduler": "cosine"}, False),
     "lr1e-3": ("peak LR 1e-3, cosine", {"lr": 1e-3, "lr_scheduler": "cosine"}, False),
+    "distill_short_rows": ("self-distilled targets + rows <= 256 tokens", {"max_len": 256}, True),
     "distill_cosine": ("self-distilled targets + cosine LR", {"lr_scheduler": "cosine"}, True),
     "distill_lr1e-3": ("self-distilled targets + peak LR 1e-3, cosine", {"lr": 1e-3, "lr_scheduler": "cosine"}, True),
 }
