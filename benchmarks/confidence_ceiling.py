@@ -21,9 +21,7 @@ from sdlm.data import load_records
 from sdlm.models import load_model
 from sdlm.probe import ceiling_tpf
 from sdlm.provenance import atomic_write_json, provenance
-
-INSTRUCTION = "\nPlease reason step by step, and put your final answer within \\boxed{}."
-
+from sdlm.sft_data import gsm8k_messages
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -39,9 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     model, tok = load_model(args.model, dtype=args.dtype)
     recs = load_records("gsm8k", split="test")[args.offset: args.offset + args.n_prompts]
-    prompts = [tok.apply_chat_template([{"role": "system", "content": "You are a helpful assistant."},
-                                        {"role": "user", "content": r["question"] + INSTRUCTION}],
-                                       tokenize=False, add_generation_prompt=True) for r in recs]
+    prompts = [tok.apply_chat_template(gsm8k_messages(r["question"]), tokenize=False, add_generation_prompt=True)
+               for r in recs]
     eos = {tok.eos_token_id} | set(model.generation_config.eos_token_id if isinstance(model.generation_config.eos_token_id, list)
                                    else [model.generation_config.eos_token_id])
     eos.discard(None)

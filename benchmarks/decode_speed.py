@@ -21,15 +21,11 @@ from sdlm.decoding import generate
 from sdlm.decoding.stats import DeviceClock
 from sdlm.models import ensure_mask_token, load_model, sdlm_settings
 from sdlm.provenance import atomic_write_json, provenance
-
-INSTRUCTION = "\nPlease reason step by step, and put your final answer within \\boxed{}."
-
+from sdlm.sft_data import gsm8k_messages
 
 def gsm8k_prompts(tokenizer, n: int) -> list[str]:
-    records = load_records("gsm8k", split="test")[:n]
-    return [tokenizer.apply_chat_template([{"role": "system", "content": "You are a helpful assistant."},
-                                           {"role": "user", "content": r["question"] + INSTRUCTION}],
-                                          tokenize=False, add_generation_prompt=True) for r in records]
+    return [tokenizer.apply_chat_template(gsm8k_messages(r["question"]), tokenize=False, add_generation_prompt=True)
+            for r in load_records("gsm8k", split="test")[:n]]
 
 
 def hf_generate(model, tokenizer, prompts: list[str], max_new_tokens: int, eos: list[int], clock: DeviceClock):

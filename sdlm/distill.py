@@ -13,13 +13,17 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def chat_prompt(tokenizer: Any, record: dict[str, Any]) -> str:
-    """The record's conversation up to (not including) its last assistant turn, templated for generation."""
-    msgs = record["messages"]
+def _last_assistant(msgs: Sequence[dict[str, Any]]) -> int:
     last = max((i for i, m in enumerate(msgs) if m.get("role") == "assistant"), default=None)
     if last is None:
         raise ValueError("a chat record needs an assistant turn to replace")
-    return tokenizer.apply_chat_template(msgs[:last], tokenize=False, add_generation_prompt=True)
+    return last
+
+
+def chat_prompt(tokenizer: Any, record: dict[str, Any]) -> str:
+    """The record's conversation up to (not including) its last assistant turn, templated for generation."""
+    msgs = record["messages"]
+    return tokenizer.apply_chat_template(msgs[: _last_assistant(msgs)], tokenize=False, add_generation_prompt=True)
 
 
 def self_distill(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]], *, max_new_tokens: int = 320,
@@ -46,7 +50,7 @@ def self_distill(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]], 
                 if drop_unfinished:
                     continue
             msgs = [dict(m) for m in rec["messages"]]
-            last = max(i for i, m in enumerate(msgs) if m.get("role") == "assistant")
+            last = _last_assistant(msgs)
             msgs[last] = {"role": "assistant", "content": g.text.strip()}
             out.append({"messages": msgs[: last + 1]})
         if log is not None:

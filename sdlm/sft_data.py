@@ -35,13 +35,15 @@ def gsm8k_solution(answer: str) -> str:
     return (text[: last.start()] + "\\boxed{" + last.group(1) + "}" + text[last.end():]).strip()
 
 
+def gsm8k_messages(question: str) -> list[dict[str, str]]:
+    """The paper's 0-shot boxed GSM8K prompt as chat turns (system + user), ready for a chat template."""
+    return [{"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": question + "\n" + BOXED_INSTRUCTION}]
+
+
 def gsm8k_record(question: str, answer: str) -> dict[str, Any]:
     """One GSM8K item as a chat record in the paper's 0-shot boxed format."""
-    return {"messages": [
-        {"role": "system", "content": SYSTEM_PROMPT},
-        {"role": "user", "content": question + "\n" + BOXED_INSTRUCTION},
-        {"role": "assistant", "content": gsm8k_solution(answer)},
-    ]}
+    return {"messages": [*gsm8k_messages(question), {"role": "assistant", "content": gsm8k_solution(answer)}]}
 
 
 def _read_jsonl(path: Path, limit: int | None) -> list[tuple[int, Any]]:
