@@ -71,8 +71,24 @@ def sdlm_settings(config: Any) -> SDLMSettings:
     return SDLMSettings(
         block_size=int(bs) if bs is not None else None,
         mask_token_id=int(mid) if mid is not None else None,
-        causal_attn=bool(get("causal_attn", False) or False),
+        causal_attn=resolve_causal_attn(get("causal_attn", None), get(MISSPELLED_CAUSAL_ATTN, None)),
     )
+
+
+MISSPELLED_CAUSAL_ATTN = "casual_attn"  # the released checkpoints' spelling (OpenGVLab/SDLM-*/config.json)
+
+
+def resolve_causal_attn(causal: Any, casual: Any) -> bool:
+    """``causal_attn`` from a config that may spell it ``casual_attn`` (the released checkpoints do).
+
+    The correct spelling wins when both are present; two different values are an error, since one of them
+    would silently change every block's attention. Neither present: False, as in every released checkpoint.
+    """
+    if causal is not None and casual is not None and bool(causal) != bool(casual):
+        raise ModelSourceError(f"config has causal_attn={causal!r} and {MISSPELLED_CAUSAL_ATTN}={casual!r}, which "
+                               "disagree; remove one of them")
+    value = causal if causal is not None else casual
+    return bool(value) if value is not None else False
 
 
 def require_mask_token(config: Any) -> int:
@@ -142,6 +158,8 @@ def ensure_mask_token(model: Any, tokenizer: Any, *, block_size: int, causal_att
     cfg.text_mask_token = tokenizer.convert_ids_to_tokens(int(mask_id)) if mask_id < len(tokenizer) else token
     cfg.block_size = int(block_size)
     cfg.causal_attn = bool(causal_attn)
+    if hasattr(cfg, MISSPELLED_CAUSAL_ATTN):  # saved configs carry one spelling
+        delattr(cfg, MISSPELLED_CAUSAL_ATTN)
     return int(mask_id)
 
 
@@ -165,7 +183,7 @@ def _init_rows_to_mean(model: Any, row: int, *, n_real: int) -> None:
 def normalise_config_dict(d: dict[str, Any]) -> dict[str, Any]:
     """A config dict stock transformers can load without remote code.
 
-    Drops ``auto_map`` (custom-code pointers), maps a model type transformers does not know (e.g. an
+    Drops ``auto_map`` (custom-code pointers), reads ``casual_attn`` (sic) as ``causal_attn``, maps a model type transformers does not know (e.g. an
     ``sdlm_qwen2``-style name) to ``qwen2`` and architecture names it does not know to
     ``Qwen2ForCausalLM``. Keeps every other key, the SDLM keys included.
     """
@@ -174,6 +192,8 @@ def normalise_config_dict(d: dict[str, Any]) -> dict[str, Any]:
 
     d = dict(d)
     d.pop("auto_map", None)
+    if MISSPELLED_CAUSAL_ATTN in d:  # one spelling from here on
+        d["causal_attn"] = resolve_causal_attn(d.get("causal_attn"), d.pop(MISSPELLED_CAUSAL_ATTN))
     mt = d.get("model_type")
     if mt not in CONFIG_MAPPING:
         if mt is None or "qwen" in str(mt).lower() or any(k in d for k in SDLM_KEYS):

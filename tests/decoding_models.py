@@ -5,6 +5,10 @@
 * ``cyclic_model``: a tiny model NSP-trained for a few seconds on a periodic token stream that contains
   EOS once per period, so its block guesses are right (TPF near D, self-speculative accepts whole drafts)
   and rows stop at different points.
+* ``branchy_model``: a tiny model NSP-trained (D = 8) on a successor stream with branch points at irregular
+  gaps (2-way, 4-way and "anything next"), so the confidence of a block position depends on how far the
+  next branch is: every acceptance length 1..D occurs, for ``prob_conf`` and ``entropy_conf`` alike, and a
+  confident position can follow an unconfident one. The conformance tests need exactly that.
 """
 
 from __future__ import annotations
@@ -53,13 +57,16 @@ def random_model(arch: str = "qwen2", causal_attn: bool = False, *, block_size: 
     return model
 
 
-def _nsp_batch(gen: torch.Generator, block_size: int, n: int = 24, rows: int = 8):
-    """Windows of the periodic stream, every clean position a block start (targets: the next D tokens)."""
-    stream = torch.tensor(CYCLE * 8)
+def _cycle_window(gen: torch.Generator, length: int) -> torch.Tensor:
+    off = int(torch.randint(0, len(CYCLE), (1,), generator=gen))
+    return torch.tensor(CYCLE * (length // len(CYCLE) + 2))[off:off + length]
+
+
+def _nsp_batch(gen: torch.Generator, block_size: int, n: int = 24, rows: int = 8, sample=_cycle_window):
+    """Windows of a token stream, every clean position a block start (targets: the next D tokens)."""
     ids, pos, labels = [], [], []
     for _ in range(rows):
-        off = int(torch.randint(0, len(CYCLE), (1,), generator=gen))
-        x = stream[off:off + n + block_size]
+        x = sample(gen, n + block_size)
         clean = x[:n]
         starts = list(range(n - 1))
         blk_ids = torch.cat([torch.cat([clean[p:p + 1], torch.full((block_size - 1,), MASK)]) for p in starts])
@@ -74,12 +81,56 @@ def _nsp_batch(gen: torch.Generator, block_size: int, n: int = 24, rows: int = 8
 @functools.lru_cache(maxsize=8)
 def cyclic_model(arch: str = "qwen2", causal_attn: bool = False, block_size: int = 4, steps: int = 150):
     """NSP-train a tiny model on the periodic stream (a few seconds on CPU); cached per configuration."""
-    model = _build(arch, causal_attn, block_size, seed=0)
+    return _nsp_train(_build(arch, causal_attn, block_size, seed=0), block_size, causal_attn, steps, _cycle_window)
+
+
+# successor stream with branch points: token t is followed by succ(t), except at branch tokens
+LOW, HIGH = 2, 62  # stream tokens; EOS, PAD and MASK are outside
+
+
+def _succ(t: int) -> int:
+    return LOW + (t + 1 - LOW) % (HIGH - LOW)
+
+
+def _branches(seed: int = 0) -> dict[int, list[int]]:
+    """Branch tokens at gaps of 1..12 tokens, each one of: 2-way (succ or one other), 4-way, anything next."""
+    g = torch.Generator().manual_seed(seed)
+    out, t = {}, LOW
+    while True:
+        t += int(torch.randint(1, 13, (1,), generator=g))
+        kind = int(torch.randint(0, 3, (1,), generator=g))
+        if t >= HIGH:
+            return out
+        others = [LOW + int(x) for x in torch.randint(0, HIGH - LOW, (3,), generator=g)]
+        out[t] = [_succ(t), others[0]] if kind == 0 else [_succ(t), *others] if kind == 1 else list(range(LOW, HIGH))
+
+
+BRANCHES = _branches()
+
+
+def branchy_sample(gen: torch.Generator, length: int) -> torch.Tensor:
+    """A random walk on the successor stream: a prompt or a training window."""
+    s = LOW + int(torch.randint(0, HIGH - LOW, (1,), generator=gen))
+    out = [s]
+    while len(out) < length:
+        nxt = BRANCHES.get(s, [_succ(s)])
+        s = nxt[int(torch.randint(0, len(nxt), (1,), generator=gen))]
+        out.append(s)
+    return torch.tensor(out)
+
+
+@functools.lru_cache(maxsize=4)
+def branchy_model(causal_attn: bool = False, steps: int = 300):
+    """NSP-train (D = 8) on the branchy stream, ~20 s on one CPU thread; decodes at any D <= 8."""
+    return _nsp_train(_build("qwen2", causal_attn, 8, seed=0), 8, causal_attn, steps, branchy_sample)
+
+
+def _nsp_train(model, block_size: int, causal_attn: bool, steps: int, sample):
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     gen = torch.Generator().manual_seed(0)
     for _ in range(steps):
-        ids, pos, labels = _nsp_batch(gen, block_size)
+        ids, pos, labels = _nsp_batch(gen, block_size, sample=sample)
         mask = to_additive(training_visibility(pos, block_size, causal_attn=causal_attn), torch.float32)
         logits = model(input_ids=ids, position_ids=pos, attention_mask=mask).logits
         loss = torch.nn.functional.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1))

@@ -179,6 +179,7 @@ def test_stop_string_spanning_two_accepted_blocks():
                  stop=["t8 t9"])[0]
     assert g.finish_reason == "stop" and g.text == "t5 t6 t7 "
     assert g.stats.new_tokens == 5 and g.stats.discarded_tokens > 0  # the block overshoot is reported
+    assert sum((k + 1) * n for k, n in enumerate(g.stats.accepted_hist)) == 5  # kept tokens per forward
     # the same stop string is found whatever the decoding granularity
     ar = generate(model, TOK, [prompt], alg="ar", max_new_tokens=30, stop=["t8 t9"])[0]
     assert ar.text == g.text and ar.stats.new_tokens == 5

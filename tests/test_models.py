@@ -281,3 +281,72 @@ def test_real_qwen_parts_join_to_pinned_gguf(tmp_path):
     assert path.stat().st_size == 491_400_064 and prov["gguf_sha256"] == QWEN25_CODER_05B.sha256
     with open(path, "rb") as f:
         assert f.read(4) == b"GGUF"
+
+
+# ----------------------------------------------------------------------------------------------------
+# The released checkpoints' own spelling (OpenGVLab/SDLM-32B-D4's config.json: "casual_attn", sic)
+
+RELEASED_CONFIG = Path(__file__).parent / "fixtures" / "released_sdlm_32b_d4_config.json"
+
+
+def test_released_config_with_its_exact_keys_loads_into_stock_qwen2(tmp_path):
+    """The fixture carries the keys of the published SDLM-32B-D4 config (``casual_attn``, the mask token
+    appended at 151665 of a 151666 vocabulary, ``SDLMQwen2ForCausalLM`` with ``auto_map`` to remote code,
+    eager attention) on Qwen2.5-32B's shape. It must become a stock Qwen2 model with the SDLM settings read
+    from the misspelled key; built on the meta device, so no 32B of memory is needed."""
+    from transformers import AutoModelForCausalLM, Qwen2ForCausalLM
+
+    raw = json.loads(RELEASED_CONFIG.read_text())
+    assert raw["casual_attn"] is False and "causal_attn" not in raw  # the fixture is what it claims to be
+    (tmp_path / "config.json").write_text(RELEASED_CONFIG.read_text())
+    config = sdlm.models.load_config(tmp_path)
+    assert sdlm_settings(config) == SDLMSettings(block_size=4, mask_token_id=151665, causal_attn=False)
+    assert config.causal_attn is False and not hasattr(config, "casual_attn")
+    assert "auto_map" not in config.to_dict() and config.architectures == ["Qwen2ForCausalLM"]
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    assert type(model) is Qwen2ForCausalLM and model.lm_head.weight.shape[0] == 151666
+    assert require_mask_token(model.config) == 151665 == model.config.vocab_size - 1
+
+
+@pytest.mark.parametrize("keys, expected", [
+    ({"casual_attn": True}, True),
+    ({"casual_attn": False}, False),
+    ({"causal_attn": True, "casual_attn": True}, True),
+    ({"causal_attn": False}, False),
+    ({}, False),
+])
+def test_casual_attn_is_read_as_causal_attn(keys, expected):
+    assert sdlm_settings({"block_size": 4, "text_mask_token_id": 9, **keys}).causal_attn is expected
+    d = sdlm.models.normalise_config_dict({"model_type": "qwen2", **keys})
+    assert "casual_attn" not in d and d.get("causal_attn", False) is expected
+
+
+def test_conflicting_causal_attn_spellings_are_an_error():
+    for read in (sdlm_settings, lambda d: sdlm.models.normalise_config_dict({"model_type": "qwen2", **d})):
+        with pytest.raises(ModelSourceError, match="causal_attn=False and casual_attn=True, which disagree"):
+            read({"causal_attn": False, "casual_attn": True})
+
+
+def test_released_spelling_decodes_with_the_setting_it_names(tmp_path):
+    """A checkpoint saved with ``casual_attn: true`` decodes exactly like one saved with ``causal_attn: true``
+    (and differently from ``false``): the alias reaches the decoder, not only the settings object."""
+    from sdlm.decoding import generate
+
+    model, tok = tiny_model("qwen2", seed=4)
+    mask_id = ensure_mask_token(model, tok, block_size=4)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20)
+    runs = {}
+    for name, extra in [("alias_true", {"casual_attn": True}), ("true", {"causal_attn": True}),
+                        ("false", {"causal_attn": False})]:
+        folder = tmp_path / name
+        save_model(model, tok, folder)
+        cfg = json.loads((folder / "config.json").read_text())
+        cfg.pop("causal_attn")
+        cfg.update(extra, text_mask_token_id=mask_id)
+        (folder / "config.json").write_text(json.dumps(cfg))
+        m, t = load_model(folder)
+        runs[name] = generate(m, t, [[5, 6, 7, 8]], alg="prob_conf", threshold=2.0, max_new_tokens=12,
+                              eos_token_ids=[])[0].token_ids
+    assert runs["alias_true"] == runs["true"] != runs["false"]

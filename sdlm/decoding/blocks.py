@@ -83,10 +83,12 @@ def pick(logits: torch.Tensor, alg: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def accept_lengths(conf: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Length of the longest prefix whose confidences all exceed ``threshold`` (strict), at least 1. (B, D) -> (B,)."""
-    ok = conf > threshold
-    ok[:, 0] = True
-    return ok.long().cumprod(dim=1).sum(dim=1)
+    """Length of the longest prefix whose confidences all exceed ``threshold`` (strict), at least 1. (B, D) -> (B,).
+
+    The floor of one applies to the prefix, not to position 0's test: ``[0.5, 0.99, 0.99, 0.99]`` at 0.9 has an
+    empty confident prefix and accepts exactly one token (spec section 3), never the confident positions after it.
+    """
+    return (conf > threshold).long().cumprod(dim=1).sum(dim=1).clamp(min=1)
 
 
 def speculative_accept(draft: torch.Tensor, preds: torch.Tensor) -> torch.Tensor:

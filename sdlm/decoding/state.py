@@ -213,6 +213,9 @@ class DecodeState:
                         break
                 self.discarded[i] += n - j
                 self.n_out[i] = j
+                kept = new - (n - j)  # >= 1: the stop string was not complete before this step
+                self.hist[i, new - 1] -= 1  # the histogram counts kept tokens per forward, like n_out
+                self.hist[i, kept - 1] += 1
                 self._finish(i, "stop")
 
     # ---------------------------------------------------------------- retiring finished rows
