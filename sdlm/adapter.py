@@ -63,7 +63,7 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, po
 
 from sdlm.speed import batch_walls
 from sdlm.decoding import ALGS, generate
-from sdlm.models import _parse_dtype, load_model, resolve_source, sdlm_settings
+from sdlm.models import _parse_dtype, check_block_size, load_config, load_model, resolve_source, sdlm_settings
 
 log = logging.getLogger(__name__)
 
@@ -201,6 +201,23 @@ def check_model_args(args: dict[str, Any]) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------- the LM
+def check_device(device: str) -> None:
+    """``cpu``, ``auto``, ``cuda`` or ``cuda:N`` that exists here: a one-line error before the model loads."""
+    import re
+
+    if device == "auto" or device.startswith("mps") or re.fullmatch(r"cpu(?::\d+)?", device):
+        return  # cpu:N is what accelerate hands each data-parallel CPU process
+    m = re.fullmatch(r"cuda(?::(\d+))?", device)
+    if m is None:
+        raise ValueError(f"device {device!r} is not one of cpu, auto, cuda, cuda:N")
+    if not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available here (lm-eval's CLI defaults to "
+                         "cuda:0): pass --device cpu or device=cpu in model_args")
+    n = torch.cuda.device_count()
+    if m.group(1) is not None and int(m.group(1)) >= n:
+        raise ValueError(f"device {device!r} requested but this machine has {n} CUDA device(s): cuda:0..cuda:{n - 1}")
+
+
 @register_model("sdlm")
 class SDLMLM(TemplateLM):
     """lm-eval LM for SDLM checkpoints (and their AR baselines with ``alg=ar``); see the module docstring."""
@@ -252,14 +269,18 @@ class SDLMLM(TemplateLM):
                 device = str(acc.device)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        elif device.startswith("cuda") and not torch.cuda.is_available():
-            raise ValueError(f"device {device!r} requested but CUDA is not available here (lm-eval's CLI defaults to "
-                             "cuda:0): pass --device cpu or device=cpu in model_args")
+        else:
+            check_device(device)
 
         # ---- model
         self.pretrained = str(pretrained)
         self.checkpoint_path = resolve_source(self.pretrained)
         self.config_sha256 = file_sha256(self.checkpoint_path / "config.json")
+        config = load_config(self.checkpoint_path)  # architecture and block size checked before the weights load
+        if alg != "ar":
+            d = self._block_size_arg if self._block_size_arg is not None else sdlm_settings(config).block_size
+            if d is not None:
+                check_block_size(config, d)
         model, tokenizer = load_model(self.checkpoint_path, dtype=a["dtype"], device=device)
         self._model, self.tokenizer = model, tokenizer
         self._device = next(model.parameters()).device if device == "auto" else torch.device(device)

@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -78,7 +81,8 @@ def add_retrofit(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clean-loss", action="store_true", help="also train on the clean response tokens (AR loss)")
     p.add_argument("--repeat", type=positive_int, default=3, help="block budget = repeat x candidate starts (default 3)")
     p.add_argument("--causal-attn", action="store_true", help="causal attention inside blocks (paper: off)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast (fp32 weights)")
+    p.add_argument("--bf16", nargs="?", const="on", default="off", choices=["on", "off", "auto"],
+                   help="bf16 autocast, fp32 weights (--bf16 = on; auto: only where the device computes bf16 natively)")
     p.add_argument("--warmup", type=float, default=0.03, help="warm-up: fraction of steps (<1) or steps (>=1)")
     p.add_argument("--lr-scheduler", default="constant_with_warmup")
     p.add_argument("--weight-decay", type=float, default=0.01)
@@ -117,7 +121,7 @@ def run_retrofit(args: argparse.Namespace) -> int:
         base=args.base, data=args.data, out=args.out, block_size=args.block_size, ar_baseline=args.ar_baseline,
         max_steps=args.max_steps, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
         grad_accum=args.grad_accum, max_len=args.max_len, seed=args.seed, clean_loss=args.clean_loss,
-        repeat=args.repeat, causal_attn=args.causal_attn, bf16=args.bf16, warmup=args.warmup,
+        repeat=args.repeat, causal_attn=args.causal_attn, bf16={'on': True, 'off': False}.get(args.bf16, args.bf16), warmup=args.warmup,
         lr_scheduler=args.lr_scheduler, weight_decay=args.weight_decay, logging_steps=args.logging_steps,
         save_steps=args.save_steps, limit=args.limit, attn_implementation=args.attn_implementation,
         deepspeed=args.deepspeed, gradient_checkpointing=args.gradient_checkpointing,
@@ -214,6 +218,8 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-chat-template", action="store_true", help="raw prompts instead of the chat template")
     p.add_argument("--gen-kwargs", default=None, help="override the tasks' generation kwargs, e.g. max_gen_toks=512")
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--sandbox", choices=["bubblewrap", "inprocess-guard"], default=None,
+                   help="isolation of model-written code (default bubblewrap; inprocess-guard is weaker, opt-in)")
 
 
 def run_eval(args: argparse.Namespace) -> int:
@@ -226,7 +232,7 @@ def run_eval(args: argparse.Namespace) -> int:
         limit = int(limit)
     out = evaluate_cell(args.model_args, args.tasks.split(","), limit=limit, output_dir=args.output,
                         system_prompt=args.system_prompt, apply_chat_template=not args.no_chat_template,
-                        seed=args.seed, gen_kwargs=args.gen_kwargs)
+                        seed=args.seed, gen_kwargs=args.gen_kwargs, sandbox=args.sandbox)
     for row in out.get("rows") or []:
         d = row["decode"] or {}
         metrics = " ".join(f"{k}={v:.4f}" for k, v in row["metrics"].items() if "_stderr" not in k and v is not None)
@@ -292,11 +298,43 @@ def _quiet_progress_bars() -> None:
         pass
 
 
+WORKFLOW_PID_ENV = "SDLM_DIE_WITH"  # "pid:starttime" of the Snakemake process that started this job
+
+
+def process_start_time(pid: int) -> str | None:
+    """Field 22 of /proc/<pid>/stat (start time in clock ticks): with the pid, it names one process for good."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _die_with_workflow() -> None:
+    """A pipeline job ends when the Snakemake process that started it is gone (SIGKILLed, a lost node):
+    an orphan would finish outputs that Snakemake has marked incomplete, and the README's recovery (unlock,
+    then the same command) would then refuse them. We SIGTERM ourselves, so cleanup handlers still run."""
+    spec = os.environ.get(WORKFLOW_PID_ENV)
+    if not spec or ":" not in spec:
+        return
+    pid, start = spec.split(":", 1)
+    if not pid.isdigit():
+        return
+
+    def watch() -> None:
+        while process_start_time(int(pid)) == start:
+            time.sleep(1.0)
+        print(f"sdlm: the workflow process {pid} is gone; stopping this job", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="sdlm-die-with-workflow", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # argparse: --help (0) or a usage error (2, message already printed)
         return int(e.code or 0)
+    _die_with_workflow()
     if not os.environ.get("SDLM_DEBUG"):
         _quiet_progress_bars()
     try:

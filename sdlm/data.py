@@ -36,6 +36,7 @@ from typing import Any
 __all__ = [
     "ENV_VAR",
     "DataNotFoundError",
+    "DataFormatError",
     "BENCHMARKS",
     "MBPP_SPLIT_RANGES",
     "data_dir",
@@ -57,6 +58,10 @@ class DataNotFoundError(FileNotFoundError):
     """Benchmark data could not be found locally or on the hub (the message names SDLM_DATA_DIR)."""
 
 
+class DataFormatError(ValueError):
+    """A benchmark file that is empty, not JSON, or lacks a field; the message names file, line and field."""
+
+
 @dataclass(frozen=True)
 class Benchmark:
     name: str
@@ -66,8 +71,10 @@ class Benchmark:
     id_ranges: Mapping[str, range] | None = None  # split by task_id (MBPP)
     default_split: str = "test"
     expected: Mapping[str, int] = field(default_factory=dict)  # record counts, for docs and tests
+    required: tuple[str, ...] = ()  # fields every record must have (the tasks and scorers read them)
 
 
+_HUMANEVAL_FIELDS = ("task_id", "prompt", "entry_point", "test")
 _MATH_SUBJECTS = (
     "algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
     "prealgebra", "precalculus",
@@ -77,22 +84,26 @@ BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in (
         Benchmark("gsm8k", {"test": "gsm8k/test.jsonl", "train": "gsm8k/train.jsonl"}, ("openai/gsm8k", "main"),
-                  expected={"test": 1319, "train": 7473}),
+                  expected={"test": 1319, "train": 7473}, required=("question", "answer")),
         Benchmark("math500", {"test": "math500/test.jsonl"}, ("HuggingFaceH4/MATH-500", None),
-                  expected={"test": 500}),
+                  expected={"test": 500}, required=("problem", "answer")),
         Benchmark("math_train", {"train": "math/train.jsonl.gz"}, ("EleutherAI/hendrycks_math", None),
-                  hub_configs=_MATH_SUBJECTS, default_split="train", expected={"train": 7500}),
-        Benchmark("humaneval", {"test": ""}, ("openai/openai_humaneval", None), expected={"test": 164}),
+                  hub_configs=_MATH_SUBJECTS, default_split="train", expected={"train": 7500},
+                  required=("problem", "solution")),
+        Benchmark("humaneval", {"test": ""}, ("openai/openai_humaneval", None), expected={"test": 164},
+                  required=_HUMANEVAL_FIELDS),
         Benchmark("humaneval_plus", {"test": "humanevalplus/HumanEvalPlus-OriginFmt.jsonl.gz"},
-                  ("evalplus/humanevalplus", None), expected={"test": 164}),
+                  ("evalplus/humanevalplus", None), expected={"test": 164}, required=_HUMANEVAL_FIELDS),
         Benchmark("mbpp", dict.fromkeys((*MBPP_SPLIT_RANGES, "all"), "mbpp/mbpp.jsonl"),
                   ("google-research-datasets/mbpp", "full"), id_ranges=MBPP_SPLIT_RANGES,
-                  expected={"test": 500, "prompt": 10, "validation": 90, "train": 374, "all": 974}),
+                  expected={"test": 500, "prompt": 10, "validation": 90, "train": 374, "all": 974},
+                  required=("task_id", "text", "code", "test_list")),
         Benchmark("mbpp_sanitized", dict.fromkeys((*MBPP_SPLIT_RANGES, "all"), "mbpp/sanitized-mbpp.json"),
                   ("google-research-datasets/mbpp", "sanitized"), id_ranges=MBPP_SPLIT_RANGES,
-                  expected={"test": 257, "prompt": 7, "validation": 43, "train": 120, "all": 427}),
+                  expected={"test": 257, "prompt": 7, "validation": 43, "train": 120, "all": 427},
+                  required=("task_id", "prompt", "code", "test_list")),
         Benchmark("mbpp_plus", {"test": "mbppplus/MbppPlus-OriginFmt.jsonl.gz"}, ("evalplus/mbppplus", None),
-                  expected={"test": 378}),
+                  expected={"test": 378}, required=("task_id", "prompt", "code", "test")),
     )
 }
 
@@ -165,14 +176,52 @@ def data_file(name: str, split: str | None = None, directory: str | os.PathLike 
 
 
 @lru_cache(maxsize=16)
-def _read_file(path: str, mtime_ns: int) -> tuple[dict[str, Any], ...]:
+def _read_file(path: str, mtime_ns: int) -> tuple[tuple[str, dict[str, Any]], ...]:
+    """Every record of a JSONL (one object per line) or JSON (a list of objects) file; a line that is not
+    JSON, not an object, or a file with no record at all is a :class:`DataFormatError` naming file and line.
+    Returns ``(where, record)`` pairs, ``where`` being "line N" (JSONL) or "record N" (JSON)."""
     del mtime_ns  # part of the cache key only
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as fh:
-        if path.endswith(".json"):
-            data = json.load(fh)
-            return tuple(data)
-        return tuple(json.loads(line) for line in fh if line.strip())
+    records: list[tuple[str, dict[str, Any]]] = []
+    try:
+        with opener(path, "rt", encoding="utf-8") as fh:
+            if path.endswith(".json"):
+                try:
+                    data = json.load(fh)
+                except json.JSONDecodeError as e:
+                    raise DataFormatError(f"{path}, line {e.lineno}: not valid JSON ({e.msg})") from None
+                if not isinstance(data, list):
+                    raise DataFormatError(f"{path}: expected a JSON list of records, found a {type(data).__name__}")
+                items = [(f"record {i}", r) for i, r in enumerate(data)]
+            else:
+                items = []
+                for n, line in enumerate(fh, 1):
+                    if not line.strip():
+                        continue
+                    try:
+                        items.append((f"line {n}", json.loads(line)))
+                    except json.JSONDecodeError as e:
+                        raise DataFormatError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
+    except (UnicodeDecodeError, OSError, EOFError) as e:  # a truncated .gz, a binary file
+        raise DataFormatError(f"{path}: cannot be read as UTF-8 JSON ({type(e).__name__}: {str(e)[:120]})") from None
+    for where, r in items:
+        if not isinstance(r, dict):
+            raise DataFormatError(f"{path}, {where}: expected a JSON object, found a {type(r).__name__}")
+        records.append((where, r))
+    if not records:
+        raise DataFormatError(f"{path} holds no records")
+    return tuple(records)
+
+
+def _check_fields(bench: Benchmark, records: list[tuple[str, dict[str, Any]]], source: str) -> list[dict[str, Any]]:
+    for where, r in records:
+        missing = [f for f in bench.required if f not in r]
+        if missing:
+            rid = r.get("task_id", r.get("unique_id"))
+            label = where + (f" (task_id {rid})" if rid is not None else "")
+            raise DataFormatError(f"{source}, {label}: no field {missing[0]!r} (a {bench.name} record needs "
+                                  f"{', '.join(bench.required)})")
+    return [dict(r) for _, r in records]
 
 
 def _select(bench: Benchmark, split: str, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -208,16 +257,20 @@ def load_records(
     root = _resolve_data_dir(data_dir)
     if rel == "" or root is not None:
         path = data_file(name, split, root)
-        records = [dict(r) for r in _read_file(str(path), path.stat().st_mtime_ns)]
-        return _select(bench, split, records)
+        records = _check_fields(bench, list(_read_file(str(path), path.stat().st_mtime_ns)), str(path))
+        selected = _select(bench, split, records)
+        if not selected:
+            raise DataFormatError(f"{path}: no record of the {split} split (task_ids {bench.id_ranges[split]})")
+        return selected
     hub_name = f"{bench.hub[0]}" + (f" ({bench.hub[1]})" if bench.hub and bench.hub[1] else "")
     if not allow_hub or bench.hub is None:
         raise DataNotFoundError(f"{name} ({split}): {ENV_VAR} is not set; set it to a folder that holds {rel}.")
     try:
-        return _from_hub(bench, split)
+        rows = _from_hub(bench, split)
     except Exception as exc:  # offline, not cached, renamed on the hub, ...
         raise DataNotFoundError(
             f"{name} ({split}): {ENV_VAR} is not set and the Hugging Face hub copy {hub_name} could not be "
             f"loaded ({type(exc).__name__}: {str(exc)[:200]}). Set {ENV_VAR} to a folder laid out like "
             f"shared/data that holds {rel}."
         ) from exc
+    return _check_fields(bench, [(f"row {i}", r) for i, r in enumerate(rows)], f"the hub copy {hub_name}")

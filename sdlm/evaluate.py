@@ -62,18 +62,29 @@ def _cached_task_manager(include_defaults: bool, where: str):
     return sdlm_tasks.task_manager(include_defaults=include_defaults)
 
 
-def _load_task_objects(tm, names: list[str]) -> list:
+def _load_task_objects(tm, names: list[str]) -> tuple[list, bool]:
     """Build every task now (datasets included), so a missing data directory fails before the model loads.
 
-    Returns top-level Task/Group objects that ``simple_evaluate`` accepts instead of names."""
+    Returns the top-level Task/Group objects that ``simple_evaluate`` accepts instead of names, and whether
+    any task executes model-written code (``unsafe_code``)."""
     items: list = []
+    runs_code = False
     for name in names:
         loaded = tm.load([name])
+        runs_code |= any(bool(getattr(getattr(t, "config", None), "unsafe_code", False))
+                         for t in _leaf_tasks(loaded["tasks"]))
         if name in loaded.get("groups", {}):
             items.append(loaded["groups"][name])
         else:
             items.extend(loaded["tasks"].values())
-    return items
+    return items, runs_code
+
+
+def _leaf_tasks(tasks) -> list:
+    out = []
+    for t in (tasks.values() if isinstance(tasks, dict) else [tasks]):
+        out.extend(_leaf_tasks(t) if isinstance(t, dict) else [t])
+    return out
 
 
 # ------------------------------------------------------------------------------------------- summaries
@@ -126,12 +137,15 @@ def evaluate_cell(
     seed: int = 1234,
     gen_kwargs: dict | str | None = None,
     bootstrap_iters: int = 100000,
+    sandbox: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model_args`` (the ``sdlm`` model's arguments) on ``tasks``; write the cell files.
 
     ``system_prompt`` goes to lm-eval as ``system_instruction`` (used with the chat template); ``seed`` seeds
     python, numpy, torch and few-shot sampling. Returns ``{"output_dir", "rows", "results"}`` on rank 0
     (``rows`` as in ``cell.json``); other data-parallel ranks return ``{"rank": r, "rows": None}``.
+    ``sandbox`` chooses the isolation of model-written code (``sdlm.scoring.sandbox``; default bubblewrap);
+    a code task without a usable sandbox is an error before the model loads.
     """
     import lm_eval
 
@@ -151,7 +165,15 @@ def evaluate_cell(
         gen_kwargs = parse_model_args(gen_kwargs) or None
     out = Path(output_dir)
     tm, names = _task_manager(tasks)
-    items = _load_task_objects(tm, names)  # data errors (SDLM_DATA_DIR) surface here, unchanged
+    items, runs_code = _load_task_objects(tm, names)  # data errors (SDLM_DATA_DIR) surface here, unchanged
+    isolation = None
+    if runs_code:
+        from sdlm.scoring import sandbox as sb
+
+        if sandbox is not None:
+            os.environ[sb.SANDBOX_ENV] = sandbox
+        isolation = sb.isolation()  # no usable sandbox: a one-line error now, not after decoding
+        verdicts_before = sb.verdict_counts()
 
     lm = SDLMLM.create_from_arg_obj(args)  # validates alg/threshold/... before loading the model
     if lm.rank == 0:
@@ -188,6 +210,11 @@ def evaluate_cell(
         "chat_template_sha256": config_hash(chat_template) if chat_template else None,
         "system_instruction": system_prompt,
         "eval_wall_s": eval_wall_s,
+        "sandbox": None if isolation is None else {
+            "isolation": isolation,
+            "verdicts": {k: v - verdicts_before.get(k, 0) for k, v in sb.verdict_counts().items()
+                         if v - verdicts_before.get(k, 0)},
+        },
     }
     results["provenance"] = prov
 

@@ -35,6 +35,8 @@ from typing import Any, Callable, Sequence
 import torch
 
 SDLM_KEYS = ("block_size", "text_mask_token_id", "causal_attn")
+#: model families whose masks, position ids and caches the test suite exercises (README "Supported models")
+SUPPORTED_MODEL_TYPES = ("qwen2", "llama")
 DEFAULT_MASK_TOKEN = "<text_mask>"  # the authors' token string (sdlm_train.py)
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
 
@@ -190,16 +192,26 @@ def normalise_config_dict(d: dict[str, Any]) -> dict[str, Any]:
     import transformers
     from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+    if not isinstance(d, dict):
+        raise ModelSourceError(f"config.json holds a JSON {type(d).__name__}, not an object: not a model config")
+    if not d:
+        raise ModelSourceError("config.json is an empty object: no model_type, no architecture, no sizes")
     d = dict(d)
     d.pop("auto_map", None)
     if MISSPELLED_CAUSAL_ATTN in d:  # one spelling from here on
         d["causal_attn"] = resolve_causal_attn(d.get("causal_attn"), d.pop(MISSPELLED_CAUSAL_ATTN))
     mt = d.get("model_type")
+    if mt is None and not any(k in d for k in SDLM_KEYS):
+        raise ModelSourceError("config.json has no model_type (and no SDLM keys): cannot tell which model it is")
     if mt not in CONFIG_MAPPING:
         if mt is None or "qwen" in str(mt).lower() or any(k in d for k in SDLM_KEYS):
             d["model_type"] = "qwen2"
         else:
             raise ModelSourceError(f"unknown model_type {mt!r} in config.json and it is not an SDLM/Qwen2 checkpoint")
+    if d["model_type"] not in SUPPORTED_MODEL_TYPES:
+        raise ModelSourceError(
+            f"model_type {d['model_type']!r} is not supported: sdlm-bench decodes decoder-only causal LMs of the "
+            f"families it is tested on ({', '.join(SUPPORTED_MODEL_TYPES)})")
     archs = d.get("architectures") or []
     if not archs or any(not hasattr(transformers, a) for a in archs):
         if d["model_type"] == "qwen2":
@@ -521,14 +533,37 @@ def load_model(source: str | os.PathLike, *, dtype: Any = None, device: str = "c
     if device == "auto":
         kwargs["device_map"] = "auto"
     try:
-        model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+        model, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelSourceError(f"cannot load the weights of {source!r}: {str(e).strip().splitlines()[0][:200]}") from None
+    _check_loading_info(source, info)
     if device != "auto":
         model.to(device)
     model.eval()
     tok = load_tokenizer(folder, config)
     return model, tok
+
+
+def _check_loading_info(source: Any, info: dict) -> None:
+    """Weights the config expects but the files lack would be random; weights the files have but the model
+    does not use, or of the wrong shape, mean a different model. Either is an error, never a warning."""
+    problems = []
+    for key, what in (("missing_keys", "missing from the checkpoint (they would be random)"),
+                      ("unexpected_keys", "in the checkpoint but not in the model"),
+                      ("mismatched_keys", "of the wrong shape")):
+        names = sorted(str(k if isinstance(k, str) else k[0]) for k in (info.get(key) or []))
+        if names:
+            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            problems.append(f"{len(names)} weights {what}: {shown}")
+    if problems:
+        raise ModelSourceError(f"checkpoint {str(source)!r} does not match its config.json: " + "; ".join(problems))
+
+
+def check_block_size(config: Any, block_size: int) -> None:
+    """A block must fit the context with room for a prompt; 100000 on a 32k model is a typo, not an OOM."""
+    ctx = getattr(config, "max_position_embeddings", None)
+    if ctx is not None and int(block_size) >= int(ctx):
+        raise ValueError(f"block_size={block_size} does not fit the model's context of {ctx} tokens")
 
 
 def save_model(model: Any, tokenizer: Any, out: str | os.PathLike) -> Path:

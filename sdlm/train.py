@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -188,7 +189,7 @@ class RetrofitConfig:
     clean_loss: bool = False
     repeat: int = 3
     causal_attn: bool = False
-    bf16: bool = False
+    bf16: bool | str = False  # True, False, or "auto": bf16 autocast only where the device computes bf16 natively
     warmup: float = 0.03
     weight_decay: float = 0.01
     lr_scheduler: str = "constant_with_warmup"
@@ -209,6 +210,35 @@ class RetrofitConfig:
     probe_max_new_tokens: int = 96
     probe_taus: tuple[float, ...] = (0.98, 0.82)
     probe_at_start: bool = True
+
+    def __post_init__(self) -> None:
+        """The step options that Trainer would silently reinterpret (0 steps trains one; -5 means epochs)."""
+        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or \
+                not (self.max_steps == -1 or self.max_steps >= 1):
+            raise ValueError(f"max_steps must be >= 1, or -1 to let epochs decide; got {self.max_steps!r}")
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float)) or \
+                not math.isfinite(self.epochs) or self.epochs <= 0:
+            raise ValueError(f"epochs must be a number > 0, got {self.epochs!r}")
+        if self.bf16 not in (True, False, "auto"):
+            raise ValueError(f"bf16 must be true, false or 'auto', got {self.bf16!r}")
+
+    def use_bf16(self) -> bool:
+        """Whether this run trains under bf16 autocast: ``auto`` asks the hardware (:func:`native_bf16`)."""
+        return native_bf16() if self.bf16 == "auto" else bool(self.bf16)
+
+
+def native_bf16() -> bool:
+    """Does the training device compute bf16 natively? A GPU that says so, or a CPU with AVX512-BF16 / AMX.
+
+    Elsewhere bf16 is emulated: measured 42x slower than fp32 for a 512x512 matmul on a 2-core AMD EPYC
+    without AVX512, against 1.7x faster on the AVX512-BF16 machines the demo was first timed on."""
+    if torch.cuda.is_available():
+        return bool(torch.cuda.is_bf16_supported())
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
 
 
 def freeze(model: Any, *, embeddings: bool, layers: int, keep_rows: Sequence[int] = ()) -> dict[str, int]:
@@ -249,7 +279,7 @@ def training_arguments(cfg: RetrofitConfig) -> TrainingArguments:
         warmup_steps=cfg.warmup,
         max_steps=cfg.max_steps,
         num_train_epochs=cfg.epochs,
-        bf16=cfg.bf16,
+        bf16=cfg.use_bf16(),
         use_cpu=not torch.cuda.is_available(),
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -360,6 +390,7 @@ def retrofit(cfg: RetrofitConfig, *, model: Any = None, tokenizer: Any = None,
             "last_log": last,
             "log_history": printer.history,
             "trainable_parameters": counts,
+            "bf16_autocast": cfg.use_bf16(),  # what "bf16: auto" resolved to on this machine
             **({"tpf_curve": probe.curve, "probe_seconds": round(probe.probe_seconds, 2)} if probe else {}),
             "provenance": provenance(dataclasses.asdict(cfg), seed=cfg.seed),
         }

@@ -97,7 +97,8 @@ def test_hub_fallback_when_unset(monkeypatch):
 
     def fake_load_dataset(path, name=None, split=None, **kwargs):
         calls.append((path, name, split))
-        return [{"task_id": {"prompt": 3, "test": 20, "validation": 520, "train": 700}.get(split, 0),
+        fields = dict.fromkeys(("question", "answer", "problem", "solution", "prompt", "code", "test_list"), "x")
+        return [{**fields, "task_id": {"prompt": 3, "test": 20, "validation": 520, "train": 700}.get(split, 0),
                  "src": f"{path}:{name}:{split}"}]
 
     monkeypatch.delenv("SDLM_DATA_DIR", raising=False)
@@ -151,3 +152,14 @@ def test_field_names():
         load_records("mbpp_sanitized", data_dir=DATA)[0])
     assert {"task_id", "prompt", "entry_point", "test"} <= set(load_records("humaneval_plus", data_dir=DATA)[0])
     assert {"task_id", "prompt", "code", "test_list", "test"} <= set(load_records("mbpp_plus", data_dir=DATA)[0])
+
+
+def test_hub_records_without_a_needed_field_are_an_error(monkeypatch):
+    import datasets
+
+    from sdlm.data import DataFormatError
+
+    monkeypatch.delenv("SDLM_DATA_DIR", raising=False)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: [{"question": "1+1?"}])
+    with pytest.raises(DataFormatError, match=r"the hub copy openai/gsm8k \(main\), row 0: no field 'answer'"):
+        load_records("gsm8k", "test")

@@ -123,6 +123,11 @@ def test_slurm_profile_dry_run(tmp_path):
     ({"models.tiny.retrofit.data": "nope"}, "nope"),           # dangling reference (checked after the schema)
     ({"models.tiny.retrofit.training": "slow"}, "slow"),
     ({"decoding.reference_tau": 0.5}, "0.5"),                  # a reference must accept one token per step
+    ({"decoding.taus": [float("nan")]}, "decoding.taus[0] = nan is not a finite number > 0"),
+    ({"tasks.gsm8k_sldm": {"limit": 2}}, "unknown task 'gsm8k_sldm'"),
+    ({"models.tiny.source": "tiny:gpt2"}, "tiny:gpt2"),
+    ({"eval.device": "gpu"}, "eval.device = 'gpu'"),
+    ({"training.tiny.max_steps": 0}, "max_steps"),
 ])
 def test_config_errors_name_the_culprit(tmp_path, changes, needle):
     cfg = write_config(tmp_path / "bad.yaml", **changes)
@@ -282,27 +287,64 @@ def test_partial_cell_is_not_done(run):
     assert dry(wd) == {}
 
 
-def test_killed_evaluation_restarts(run):
-    """SIGKILL the whole run while a cell is evaluating: no cell.json is left behind, and after
-    `--unlock` the next run redoes exactly that cell and the report."""
-    wd, _ = run
-    cell = wd / "results" / "cells" / CELLS[3] / "cell.json"
-    log = wd / "results/logs/eval" / (CELLS[3] + ".log")
+def _rerun_until_evaluating(wd: Path, cell_name: str, *, target: bool):
+    """Delete one cell, start Snakemake in its own session (the cell as target, or the whole workflow) and
+    return (cell.json path, process) once the cell's evaluation job has started."""
+    cell = wd / "results" / "cells" / cell_name / "cell.json"
+    log = wd / "results/logs/eval" / (cell_name + ".log")
     cell.unlink()
     log.unlink()
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(wd),
-           "--configfile", str(TEST_CONFIG), "--cores", "2", str(cell.relative_to(wd))]
+           "--configfile", str(TEST_CONFIG), "--cores", "2", *([str(cell.relative_to(wd))] if target else [])]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.time()
     while not log.exists() and time.time() - t0 < 120 and proc.poll() is None:
         time.sleep(0.05)
     assert log.exists(), "the evaluation job never started"
+    return cell, proc
+
+
+def test_killed_evaluation_restarts(run):
+    """SIGKILL the whole run while a cell is evaluating: no cell.json is left behind, and after
+    `--unlock` the next run redoes exactly that cell and the report."""
+    wd, _ = run
+    cell, proc = _rerun_until_evaluating(wd, CELLS[3], target=True)
     os.killpg(proc.pid, signal.SIGKILL)  # the job and Snakemake, like a node failure
     proc.wait()
     assert not cell.exists(), "killed before the end, yet cell.json exists"
     smk(wd, "--unlock")
     assert dry(wd) == {"eval_confidence": 1, "fidelity": 1, "aggregate": 1, "report": 1, "all": 1, "total": 5}
     smk(wd, "--cores", "2")
+    assert cell.is_file() and dry(wd) == {}
+
+
+def _cmdlines_mentioning(text: str) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    out.append(int(entry.name))
+            except OSError:
+                pass
+    return out
+
+
+def test_sigkill_of_snakemake_alone_resumes_as_the_readme_says(run):
+    """README: after a hard kill, `snakemake --unlock`, then the same command. With Snakemake alone SIGKILLed,
+    its running job must not finish behind its back (an output Snakemake marked incomplete would then exist and
+    the rerun would refuse it): the job notices within a second and stops."""
+    wd, _ = run
+    cell, proc = _rerun_until_evaluating(wd, CELLS[0], target=False)
+    os.kill(proc.pid, signal.SIGKILL)  # Snakemake only; its job is orphaned
+    proc.wait()
+    t0 = time.time()
+    while _cmdlines_mentioning(CELLS[0]) and time.time() - t0 < 30:
+        time.sleep(0.2)
+    assert _cmdlines_mentioning(CELLS[0]) == [], "the orphaned job is still running"
+    assert not cell.exists()
+    smk(wd, "--unlock")
+    smk(wd, "--cores", "2")  # the same command as before the kill
     assert cell.is_file() and dry(wd) == {}
 
 

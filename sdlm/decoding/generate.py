@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sdlm.models import sdlm_settings
+from sdlm.models import check_block_size, sdlm_settings
 
 from .blocks import ALGS, CONFIDENCE_ALGS, accept_lengths, confidence_block, pick, speculative_accept, verify_segments
 from .state import DecodeState
@@ -96,6 +96,7 @@ def generate(
         if mask_token_id is None:
             raise ValueError(f"alg={alg!r} needs a mask token: the model config has no text_mask_token_id")
     d = int(d) if alg != "ar" else 1
+    check_block_size(model.config, d)
     causal_attn = settings.causal_attn if causal_attn is None else causal_attn
     eos = list(eos_token_ids) if eos_token_ids is not None else _eos_ids(model, tokenizer)
 

