@@ -37,6 +37,7 @@ def _baseline(rev: str, folder: Path):
         (folder / name).write_text(src)
     spec = importlib.util.spec_from_file_location("baseline_sandbox", folder / "sandbox.py")
     mod = importlib.util.module_from_spec(spec)
+    sys.modules["baseline_sandbox"] = mod  # dataclasses look their module up
     spec.loader.exec_module(mod)
     return mod
 
