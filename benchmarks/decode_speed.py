@@ -17,6 +17,7 @@ import time
 import torch
 
 from sdlm.data import load_records
+from sdlm.decoders import CONFIDENCE_ALGS
 from sdlm.decoding import generate
 from sdlm.decoding.stats import DeviceClock
 from sdlm.models import ensure_mask_token, load_model, sdlm_settings
@@ -120,7 +121,7 @@ def main(argv=None) -> None:
     p.add_argument("--n-prompts", type=int, default=20)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--batch-sizes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8])
-    p.add_argument("--algs", type=lambda s: s.split(","), default=["prob_conf", "entropy_conf", "self_speculative"])
+    p.add_argument("--algs", type=lambda s: s.split(","), default=[*CONFIDENCE_ALGS, "self_speculative"])
     p.add_argument("--block-size", type=int, default=4)
     p.add_argument("--threshold", type=float, default=0.98)
     p.add_argument("--dtype", default=None)

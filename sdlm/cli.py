@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from sdlm.cells import CELL_FILE, TRAINING_FILE
+
 EXIT_USAGE = 2
 
 
@@ -41,6 +43,29 @@ def positive_int(text: str) -> int:
     return v
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), not the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="torch CPU threads (default: the cores this process may use)")
+
+
+def set_threads(n: int | None) -> int:
+    """torch's intra-op threads: ``n``, else the usable cores. More threads than free cores make torch's threads
+    wait on each other (measured 0.4-0.9 tokens/s instead of 33-40 on 2 shared cores), so say it."""
+    import torch
+
+    n = n or usable_cores()
+    torch.set_num_threads(n)
+    return n
+
+
 def parse_taus(text: str) -> tuple[float, ...]:
     """``"0.98,0.82"`` -> (0.98, 0.82); each must be > 0."""
     try:
@@ -53,12 +78,10 @@ def parse_taus(text: str) -> tuple[float, ...]:
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean bad input: reported in one line, exit 2."""
-    from sdlm.models import MissingSDLMKeyError, ModelSourceError
-    from sdlm.nsp import RecordError
-    from sdlm.sft_data import DataError
-
-    return (ModelSourceError, MissingSDLMKeyError, DataError, RecordError, ValueError, OSError)
+    """Exceptions that mean bad input: reported in one line, exit 2. Every error class of ours for bad input
+    (ModelSourceError, MissingSDLMKeyError, DataError, RecordError, DataFormatError, SandboxError, ConfigError)
+    is a ValueError, a missing file an OSError; naming them here would import torch just to print an error."""
+    return (ValueError, OSError)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -66,69 +89,68 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 def add_retrofit(p: argparse.ArgumentParser) -> None:
+    """The run's identity by hand; every training option generated from :class:`sdlm.retrofit_config.RetrofitConfig`."""
+    from sdlm.retrofit_config import RetrofitConfig, option_flag, retrofit_options
+
     p.add_argument("--base", required=True, help="base model: local HF folder, hub id, or pypi:smollm2-135m-instruct")
-    p.add_argument("--data", required=True, help="chat JSONL ({'messages': [...]} per line) or 'gsm8k' ($SDLM_DATA_DIR)")
+    p.add_argument("--data", required=True, help="chat JSONL ({'messages': [...]} per line), or gsm8k / math / mbpp "
+                                                 "(train splits from $SDLM_DATA_DIR)")
     p.add_argument("--out", required=True, help="checkpoint folder to write")
-    p.add_argument("--block-size", type=positive_int, default=4, help="D (default 4)")
+    p.add_argument("--block-size", type=positive_int, default=RetrofitConfig.block_size, help="D (default 4)")
     p.add_argument("--ar-baseline", action="store_true", help="AR-SFT on the same data and steps, no blocks")
-    p.add_argument("--max-steps", type=int, default=-1, help="optimizer steps (default: one epoch)")
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--lr", type=float, default=5e-6, help="learning rate (paper 5e-6; short CPU demos want ~3e-4)")
-    p.add_argument("--batch-size", type=positive_int, default=4, help="rows per device per micro-batch")
-    p.add_argument("--grad-accum", type=positive_int, default=1)
-    p.add_argument("--max-len", type=positive_int, default=2048, help="tokens per row, clean part + blocks")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--clean-loss", action="store_true", help="also train on the clean response tokens (AR loss)")
-    p.add_argument("--repeat", type=positive_int, default=3, help="block budget = repeat x candidate starts (default 3)")
-    p.add_argument("--causal-attn", action="store_true", help="causal attention inside blocks (paper: off)")
-    p.add_argument("--bf16", nargs="?", const="on", default="off", choices=["on", "off", "auto"],
-                   help="bf16 autocast, fp32 weights (--bf16 = on; auto: only where the device computes bf16 natively)")
-    p.add_argument("--warmup", type=float, default=0.03, help="warm-up: fraction of steps (<1) or steps (>=1)")
-    p.add_argument("--lr-scheduler", default="constant_with_warmup")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--logging-steps", type=positive_int, default=10)
-    p.add_argument("--save-steps", type=int, default=0, help="intermediate checkpoints every N steps (0: none)")
-    p.add_argument("--limit", type=positive_int, default=None, help="use only the first N records")
-    p.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager"])
-    p.add_argument("--deepspeed", default=None, help="DeepSpeed config JSON (e.g. pipeline/deepspeed/zero1.json)")
-    p.add_argument("--gradient-checkpointing", action="store_true")
-    p.add_argument("--freeze-embeddings", action="store_true", help="freeze input embeddings (mask row stays trainable)")
-    p.add_argument("--freeze-layers", type=int, default=0, help="freeze the lowest N decoder layers")
-    p.add_argument("--probe-every", type=int, default=0,
-                   help="TPF probe every N steps on held-out records (0: off); the curve goes to sdlm_training.json")
-    p.add_argument("--probe-prompts", type=positive_int, default=8, help="records held out for the TPF probe")
-    p.add_argument("--probe-max-new-tokens", type=positive_int, default=96)
-    p.add_argument("--probe-taus", default="0.98,0.82", help="comma-separated thresholds probed (default 0.98,0.82)")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    for f in retrofit_options():
+        p.add_argument(option_flag(f.name), **_argparse_kwargs(f))
+    add_threads(p)
     p.add_argument("--overwrite", action="store_true", help="replace a finished checkpoint in --out")
+
+
+def _argparse_kwargs(f) -> dict:
+    meta, kind = f.metadata, str(f.type)
+    help_text = meta["help"] + ("" if f.default is None or f.default is False else f" (default {_show(f.default)})")
+    if f.name == "bf16":  # on | off | auto; a bare --bf16 is on
+        return {"nargs": "?", "const": True, "default": False, "type": _bf16_value, "help": help_text}
+    if kind == "bool":
+        return {"action": "store_true", "help": meta["help"]}
+    if kind.startswith("tuple"):
+        return {"type": parse_taus, "default": f.default, "help": help_text}
+    base = {"int": int, "int | None": int, "float": float}.get(kind, str)
+    if base is int and meta.get("minimum") == 1:
+        base = positive_int
+    out = {"type": base, "default": f.default, "help": help_text}
+    if meta.get("choices"):
+        out["choices"] = list(meta["choices"])
+    return out
+
+
+def _show(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _bf16_value(text: str):
+    values = {"on": True, "true": True, "off": False, "false": False, "auto": "auto"}
+    if text.lower() not in values:
+        raise argparse.ArgumentTypeError(f"expected on, off or auto, got {text!r}")
+    return values[text.lower()]
 
 
 def run_retrofit(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    if (out / "sdlm_training.json").exists() and not args.overwrite:
-        raise ValueError(f"{out} already holds a finished checkpoint (sdlm_training.json); pass --overwrite")
-    if args.data != "gsm8k" and not Path(args.data).is_file():
-        raise ValueError(f"data file {args.data!r} does not exist (give a chat JSONL or 'gsm8k')")
+    if (out / TRAINING_FILE).exists() and not args.overwrite:
+        raise ValueError(f"{out} already holds a finished checkpoint ({TRAINING_FILE}); pass --overwrite")
+    from sdlm.sft_data import BUILTIN_SOURCES
+
+    if args.data not in BUILTIN_SOURCES and not Path(args.data).is_file():
+        raise ValueError(f"data file {args.data!r} does not exist (give a chat JSONL or one of "
+                         f"{', '.join(BUILTIN_SOURCES)})")
     if args.deepspeed and not Path(args.deepspeed).is_file():
         raise ValueError(f"DeepSpeed config {args.deepspeed!r} does not exist")
-    if args.threads:
-        import torch
+    from sdlm.retrofit_config import RetrofitConfig, retrofit_options
 
-        torch.set_num_threads(args.threads)
-    from sdlm.train import RetrofitConfig, retrofit
+    cfg = RetrofitConfig(base=args.base, data=args.data, out=args.out, block_size=args.block_size,
+                         ar_baseline=args.ar_baseline, **{f.name: getattr(args, f.name) for f in retrofit_options()})
+    set_threads(args.threads)
+    from sdlm.train import retrofit
 
-    cfg = RetrofitConfig(
-        base=args.base, data=args.data, out=args.out, block_size=args.block_size, ar_baseline=args.ar_baseline,
-        max_steps=args.max_steps, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-        grad_accum=args.grad_accum, max_len=args.max_len, seed=args.seed, clean_loss=args.clean_loss,
-        repeat=args.repeat, causal_attn=args.causal_attn, bf16={'on': True, 'off': False}.get(args.bf16, args.bf16), warmup=args.warmup,
-        lr_scheduler=args.lr_scheduler, weight_decay=args.weight_decay, logging_steps=args.logging_steps,
-        save_steps=args.save_steps, limit=args.limit, attn_implementation=args.attn_implementation,
-        deepspeed=args.deepspeed, gradient_checkpointing=args.gradient_checkpointing,
-        freeze_embeddings=args.freeze_embeddings, freeze_layers=args.freeze_layers, probe_every=args.probe_every,
-        probe_prompts=args.probe_prompts, probe_max_new_tokens=args.probe_max_new_tokens,
-        probe_taus=parse_taus(args.probe_taus),
-    )
     retrofit(cfg)
     return 0
 
@@ -147,14 +169,11 @@ def add_distill(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drop-unfinished", action="store_true", help="drop answers that hit --max-new-tokens")
     p.add_argument("--dtype", default=None, help="fp32 (CPU default) | bf16 | fp16 | auto")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
+    add_threads(p)
 
 
 def run_distill(args: argparse.Namespace) -> int:
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     from sdlm.distill import self_distill
     from sdlm.models import load_model
     from sdlm.provenance import atomic_write_json, atomic_write_jsonl, provenance
@@ -184,9 +203,11 @@ def add_prepare_model(p: argparse.ArgumentParser) -> None:
     p.add_argument("--causal-attn", action="store_true")
     p.add_argument("--mask-token", default="<text_mask>")
     p.add_argument("--dtype", default=None, help="fp32 (CPU default) | bf16 | fp16 | auto")
+    add_threads(p)
 
 
 def run_prepare_model(args: argparse.Namespace) -> int:
+    set_threads(args.threads)
     from sdlm.models import ensure_mask_token, load_model, resolve_source, save_model, sdlm_settings
 
     if args.out is None:
@@ -218,11 +239,19 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-chat-template", action="store_true", help="raw prompts instead of the chat template")
     p.add_argument("--gen-kwargs", default=None, help="override the tasks' generation kwargs, e.g. max_gen_toks=512")
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--model-key", default=None,
+                   help="the model's name in cell.json (the pipeline's model key; default: the checkpoint folder's name)")
+    add_threads(p)
     p.add_argument("--sandbox", choices=["bubblewrap", "inprocess-guard"], default=None,
                    help="isolation of model-written code (default bubblewrap; inprocess-guard is weaker, opt-in)")
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from sdlm.config_checks import check_task_names
+    from sdlm.tasks import tasks_path
+
+    check_task_names([t.strip() for t in args.tasks.split(",") if t.strip()], tasks_path())  # before heavy imports
+    set_threads(args.threads)
     from sdlm.evaluate import evaluate_cell
 
     limit = args.limit
@@ -232,13 +261,14 @@ def run_eval(args: argparse.Namespace) -> int:
         limit = int(limit)
     out = evaluate_cell(args.model_args, args.tasks.split(","), limit=limit, output_dir=args.output,
                         system_prompt=args.system_prompt, apply_chat_template=not args.no_chat_template,
-                        seed=args.seed, gen_kwargs=args.gen_kwargs, sandbox=args.sandbox)
+                        seed=args.seed, gen_kwargs=args.gen_kwargs, sandbox=args.sandbox,
+                        model_key=args.model_key)
     for row in out.get("rows") or []:
         d = row["decode"] or {}
         metrics = " ".join(f"{k}={v:.4f}" for k, v in row["metrics"].items() if "_stderr" not in k and v is not None)
         print(f"{row['task']}: n={row['n']} {metrics} tpf={d.get('tpf', 0):.3f} tok/s={d.get('tokens_per_s', 0):.1f}")
     if out.get("rows") is not None:
-        print(f"wrote {args.output}/cell.json")
+        print(f"wrote {args.output}/{CELL_FILE}")
     return 0
 
 
@@ -249,7 +279,7 @@ def run_eval(args: argparse.Namespace) -> int:
 def add_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cells", nargs="+", required=True, help="cell.json files, or folders searched for them (e.g. results/cells)")
     p.add_argument("--out", required=True, help="report folder: cells.csv, batches.csv, tables (.md/.tex/.html), figures (.png)")
-    p.add_argument("--paper", default=None, help="published numbers CSV beside matching configs (results/paper/paper_numbers.csv)")
+    p.add_argument("--paper", default=None, help="published numbers CSV beside matching configs (config/paper_numbers.csv)")
     p.add_argument("--models", default=None, help="model metadata JSON (labels, paper_model, baseline; the pipeline writes results/report/models.json)")
     p.add_argument("--table3-tau", type=float, default=0.98, help="tau of the confidence rows of Table 3 (default 0.98)")
 
@@ -267,13 +297,25 @@ def run_report(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------------------------------
 
-#: name -> (help, add_arguments, run). Other subcommands (eval, bench, report) plug in here.
+def add_lm_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("lm_eval_args", nargs=argparse.REMAINDER, help="lm-eval's own arguments (see sdlm.lm_eval_cli)")
+
+
+def run_lm_eval(args: argparse.Namespace) -> int:  # reached only through --help listings: main() passes through
+    from sdlm.lm_eval_cli import main as lm_eval_main
+
+    return lm_eval_main(args.lm_eval_args)
+
+
+#: name -> (help, add_arguments, run): every subcommand of `sdlm`
 SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "retrofit": ("NSP retrofit (or AR-SFT baseline) of a causal LM", add_retrofit, run_retrofit),
     "distill": ("self-distillation SFT data: the model's own greedy answers as targets", add_distill, run_distill),
     "prepare-model": ("materialise a model source into a HF folder (+ mask token)", add_prepare_model, run_prepare_model),
     "eval": ("evaluate one cell (model x alg x D x tau) on lm-eval tasks", add_eval, run_eval),
     "report": ("aggregate evaluation cells into tables and figures", add_report, run_report),
+    "lm-eval": ("lm-evaluation-harness's CLI with the sdlm model and our tasks (run, ls tasks, ...)", add_lm_eval,
+                run_lm_eval),
 }
 
 
@@ -330,6 +372,12 @@ def _die_with_workflow() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lm-eval"]:  # lm-eval's own command line, passed through untouched (sdlm.lm_eval_cli)
+        from sdlm.lm_eval_cli import main as lm_eval_main
+
+        _die_with_workflow()
+        return lm_eval_main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # argparse: --help (0) or a usage error (2, message already printed)

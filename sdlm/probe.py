@@ -17,28 +17,26 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-
-def probe_key(alg: str, tau: float | None = None) -> str:
-    """``prob_conf_tau0.98`` / ``self_speculative``: the keys of a curve point's ``tpf`` dict."""
-    return alg if tau is None else f"{alg}_tau{tau:g}"
+from sdlm.decoders import Decoder
 
 
 @torch.no_grad()
 def measure_tpf(model: Any, tokenizer: Any, prompts: Sequence[str], *, block_size: int, taus: Sequence[float],
                 self_speculative: bool = True, max_new_tokens: int = 96, batch_size: int = 8) -> dict[str, float]:
-    """Pooled TPF (all new tokens / all forwards, prefill included) per decoder over ``prompts``."""
-    from sdlm.decoding import generate
+    """Pooled TPF (all new tokens / all forwards, prefill included) per decoder over ``prompts``, keyed by
+    :attr:`sdlm.decoders.Decoder.probe_key` (``prob_conf_tau0.98``, ``self_speculative``)."""
+    from sdlm.decoding import DecodeSettings, generate
 
-    runs = [(probe_key("prob_conf", t), dict(alg="prob_conf", threshold=float(t))) for t in taus]
+    decoders = [Decoder("prob_conf", block_size, float(t)) for t in taus]
     if self_speculative:
-        runs.append((probe_key("self_speculative"), dict(alg="self_speculative")))
+        decoders.append(Decoder("self_speculative", block_size))
     out = {}
-    for key, kw in runs:
-        gens = generate(model, tokenizer, list(prompts), block_size=block_size, max_new_tokens=max_new_tokens,
-                        batch_size=batch_size, **kw)
+    for dec in decoders:
+        settings = DecodeSettings.for_decoder(dec, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        gens = generate(model, tokenizer, list(prompts), settings=settings)
         tokens = sum(g.stats.new_tokens for g in gens)
         forwards = sum(g.stats.nfe for g in gens)
-        out[key] = round(tokens / max(forwards, 1), 4)
+        out[dec.probe_key] = round(tokens / max(forwards, 1), 4)
     return out
 
 

@@ -109,6 +109,20 @@ def hardware() -> dict[str, Any]:
     return info
 
 
+def cpu_load() -> dict[str, Any]:
+    """The 1/5/15-minute load averages and the cores this process may use: a speed figure measured while the
+    load exceeded the cores was measured on a shared machine (torch's threads then wait on each other)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    try:
+        load = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        load = None
+    return {"loadavg": load, "usable_cores": cores, "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
 def provenance(config: Any = None, *, seed: int | None = None) -> dict[str, Any]:
     """Everything needed to trace a result back: config (+ hash), versions, git commit, hardware, seed, time."""
     return {
@@ -118,5 +132,14 @@ def provenance(config: Any = None, *, seed: int | None = None) -> dict[str, Any]
         "git": git_info(),
         "versions": package_versions(),
         "hardware": hardware(),
+        "load": cpu_load(),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def file_sha256(path: str | os.PathLike) -> str | None:
+    """sha256 of a file's bytes (e.g. a checkpoint's config.json in a cell's provenance); None if absent."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    return hashlib.sha256(p.read_bytes()).hexdigest()

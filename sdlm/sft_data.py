@@ -13,10 +13,16 @@ import json
 import os
 import re
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
-SYSTEM_PROMPT = "You are a helpful assistant."
+SYSTEM_PROMPT = "You are a helpful assistant."  # the SDLM authors' system turn (spec section 6), everywhere
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+#: OpenCompass sanitized_mbpp_mdblock's user turn (the MBPP task and the SFT prompts built from MBPP train)
+MBPP_TEMPLATE = (
+    "You are an expert Python programmer, and here is your task:\n{text}\n"
+    "Your code should pass these tests:\n\n{tests}\n"
+)
 _CALC = re.compile(r"<<[^<>]*>>")
 _FINAL = re.compile(r"^####\s*(.+?)\s*$", re.MULTILINE)
 
@@ -114,10 +120,47 @@ def read_chat_jsonl(path: str | os.PathLike, *, limit: int | None = None) -> lis
     return recs
 
 
+def mbpp_train_records(*, limit: int | None = None) -> list[dict[str, Any]]:
+    """MBPP validation + train (task_ids 511-974; never the test problems 11-510) as chat: the MBPP task's own
+    0-shot user turn (:data:`MBPP_TEMPLATE`) and the reference code in a ```python block -- prompts for code
+    retrofits, usually self-distilled (the base model's own answers replace the references)."""
+    from sdlm.data import DataNotFoundError, load_records
+
+    try:
+        recs = load_records("mbpp", "validation") + load_records("mbpp", "train")
+    except DataNotFoundError as e:
+        raise DataError(str(e)) from None
+    out = []
+    for r in recs[:limit] if limit is not None else recs:
+        tests = "\n".join(r["test_list"])
+        out.append({"messages": [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": MBPP_TEMPLATE.format(text=r["text"], tests=tests)},
+            {"role": "assistant", "content": "```python\n" + r["code"].replace("\r\n", "\n").strip() + "\n```"},
+        ]})
+    return out
+
+
+#: SFT sources by name (a retrofit's --data, a pipeline sft_data component); anything else is a chat JSONL path
+BUILTIN_SOURCES = {"gsm8k": gsm8k_train_records, "math": math_train_records, "mbpp": mbpp_train_records}
+
+
 def load_sft_records(spec: str, *, limit: int | None = None) -> list[dict[str, Any]]:
-    """``"gsm8k"`` / ``"math"`` -> GSM8K / MATH train as chat; anything else is a path to a chat JSONL."""
-    if spec == "gsm8k":
-        return gsm8k_train_records(limit=limit)
-    if spec == "math":
-        return math_train_records(limit=limit)
+    """A built-in source (:data:`BUILTIN_SOURCES`: GSM8K / MATH / MBPP train as chat) or a chat JSONL path."""
+    if spec in BUILTIN_SOURCES:
+        return BUILTIN_SOURCES[spec](limit=limit)
     return read_chat_jsonl(spec, limit=limit)
+
+
+def last_assistant_turn(msgs: Sequence[dict[str, Any]]) -> int:
+    """Index of a chat's last assistant turn (what self-distillation replaces and a prompt stops before)."""
+    last = max((i for i, m in enumerate(msgs) if m.get("role") == "assistant"), default=None)
+    if last is None:
+        raise ValueError("a chat record needs an assistant turn to replace")
+    return last
+
+
+def chat_prompt(tokenizer: Any, record: dict[str, Any]) -> str:
+    """The record's conversation up to (not including) its last assistant turn, templated for generation."""
+    msgs = record["messages"]
+    return tokenizer.apply_chat_template(msgs[: last_assistant_turn(msgs)], tokenize=False, add_generation_prompt=True)

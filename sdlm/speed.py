@@ -24,3 +24,31 @@ def batch_walls(rows: Iterable[dict[str, Any]]) -> dict[tuple, dict[str, float]]
     for b in out.values():
         b["wall_s"] = b["prefill_s"] + b["decode_s"]
     return out
+
+
+def decode_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Totals over per-request stats rows: TPF = tokens / NFE; tokens/s over the *batches'* wall time.
+
+    Batch wall time as in :func:`batch_walls`.
+    """
+    new_tokens = sum(int(r["new_tokens"]) for r in rows)
+    nfe = sum(int(r["nfe"]) for r in rows)
+    batches = batch_walls(rows).values()
+    prefill = sum(b["prefill_s"] for b in batches)
+    decode = sum(b["decode_s"] for b in batches)
+    width = max((len(r.get("accepted_hist") or []) for r in rows), default=0)
+    hist = [sum((r.get("accepted_hist") or [])[k] if k < len(r.get("accepted_hist") or []) else 0 for r in rows)
+            for k in range(width)]
+    wall = prefill + decode
+    return {
+        "requests": len(rows),
+        "new_tokens": new_tokens,
+        "nfe": nfe,
+        "tpf": new_tokens / nfe if nfe else 0.0,
+        "tokens_per_s": new_tokens / wall if wall > 0 else 0.0,
+        "prefill_s": prefill,
+        "decode_s": decode,
+        "wall_s": wall,
+        "accepted_hist": hist,
+        "discarded_tokens": sum(int(r.get("discarded_tokens", 0)) for r in rows),
+    }

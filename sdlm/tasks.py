@@ -24,6 +24,8 @@ SDLM_TASKS = (
     "mbpp_sdlm",
     "mbpp_full_sdlm",
     "mbpp_plus_sdlm",
+    "gpqa_sdlm",
+    "ifeval_sdlm",
 )
 
 

@@ -139,6 +139,18 @@ def tiny_model(arch: str = "qwen2", vocab: int | None = None, seed: int = 0, **o
     return model, tok
 
 
+def tiny_sdlm_checkpoint(folder: str | Any, *, seed: int = 0, block_size: int = 4, head_scale: float = 40.0) -> str:
+    """A tiny random Qwen2 SDLM checkpoint saved in ``folder`` (mask token, SDLM keys), its LM head scaled up so
+    confidences spread over (0, 1): a threshold of 0.5 then accepts 1..D tokens per step, not trivially one."""
+    from sdlm.models import ensure_mask_token, save_model
+
+    model, tok = tiny_model("qwen2", seed=seed)
+    ensure_mask_token(model, tok, block_size=block_size)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(head_scale)
+    return str(save_model(model, tok, folder))
+
+
 def chat_record(user: str, assistant: str | list[str], system: str | None = None) -> dict:
     """A chat/SFT record ``{"messages": [...]}``; a list of assistant strings makes a multi-turn record."""
     msgs: list[dict[str, str]] = [{"role": "system", "content": system}] if system is not None else []

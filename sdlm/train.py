@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -30,7 +28,10 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
+from sdlm.progress import Progress
+from sdlm.cells import TRAINING_FILE
 from sdlm.nsp import IGNORE, NSPCollator, build_ar_rows, build_nsp_rows
+from sdlm.retrofit_config import RetrofitConfig  # noqa: F401  (re-exported: sdlm.train.RetrofitConfig)
 
 # transformers 5 renamed gradient_checkpointing (the old name warns); use whichever this version has
 _CKPT_ARG = ("activation_checkpointing" if "activation_checkpointing" in {f.name for f in dataclasses.fields(TrainingArguments)}
@@ -140,6 +141,16 @@ class LineLogger(TrainerCallback):
         print(f"[sdlm] step {state.global_step}/{state.max_steps} {el:.0f}s " + " ".join(parts),
               file=self.stream, flush=True)
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self._progress = Progress(state.max_steps, "training step", stream=self.stream)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        """At least a line a minute with an ETA, whatever logging_steps says (slow CPU steps)."""
+        progress = getattr(self, "_progress", None)
+        if progress is not None and state.is_world_process_zero:
+            progress.update(state.global_step)
+
 
 @torch.no_grad()
 def block_losses(model: Any, rows: Sequence[dict], collator: NSPCollator, *, batch_size: int = 8) -> dict[str, float]:
@@ -163,82 +174,6 @@ def block_losses(model: Any, rows: Sequence[dict], collator: NSPCollator, *, bat
 
 # ----------------------------------------------------------------------------------------------------
 # The job
-
-
-@dataclass
-class RetrofitConfig:
-    """Every setting of a retrofit run; saved verbatim in ``sdlm_training.json``.
-
-    Defaults follow the paper's recipe (spec section 7: lr 5e-6 constant after 3% warm-up, weight decay
-    0.01, D = 4, causal_attn false, repeat 3), except ``max_len`` (2048 instead of 5632). Short CPU demos
-    need a much larger lr (the CPU feasibility note found 3e-4 best for SmolLM2-135M).
-    """
-
-    base: str
-    data: str
-    out: str
-    block_size: int = 4
-    ar_baseline: bool = False
-    max_steps: int = -1
-    epochs: float = 1.0
-    lr: float = 5e-6
-    batch_size: int = 4
-    grad_accum: int = 1
-    max_len: int = 2048
-    seed: int = 0
-    clean_loss: bool = False
-    repeat: int = 3
-    causal_attn: bool = False
-    bf16: bool | str = False  # True, False, or "auto": bf16 autocast only where the device computes bf16 natively
-    warmup: float = 0.03
-    weight_decay: float = 0.01
-    lr_scheduler: str = "constant_with_warmup"
-    logging_steps: int = 10
-    save_steps: int = 0
-    limit: int | None = None
-    attn_implementation: str = "sdpa"
-    deepspeed: str | None = None
-    gradient_checkpointing: bool = False
-    report_to: str = "none"
-    # cheaper retrofits (README "Retrofit options"): freeze the embeddings (the mask row stays trainable)
-    # and/or the lowest N decoder layers
-    freeze_embeddings: bool = False
-    freeze_layers: int = 0
-    # TPF probe (sdlm.probe): every N steps decode the last ``probe_prompts`` records (held out of training)
-    probe_every: int = 0
-    probe_prompts: int = 8
-    probe_max_new_tokens: int = 96
-    probe_taus: tuple[float, ...] = (0.98, 0.82)
-    probe_at_start: bool = True
-
-    def __post_init__(self) -> None:
-        """The step options that Trainer would silently reinterpret (0 steps trains one; -5 means epochs)."""
-        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or \
-                not (self.max_steps == -1 or self.max_steps >= 1):
-            raise ValueError(f"max_steps must be >= 1, or -1 to let epochs decide; got {self.max_steps!r}")
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, (int, float)) or \
-                not math.isfinite(self.epochs) or self.epochs <= 0:
-            raise ValueError(f"epochs must be a number > 0, got {self.epochs!r}")
-        if self.bf16 not in (True, False, "auto"):
-            raise ValueError(f"bf16 must be true, false or 'auto', got {self.bf16!r}")
-
-    def use_bf16(self) -> bool:
-        """Whether this run trains under bf16 autocast: ``auto`` asks the hardware (:func:`native_bf16`)."""
-        return native_bf16() if self.bf16 == "auto" else bool(self.bf16)
-
-
-def native_bf16() -> bool:
-    """Does the training device compute bf16 natively? A GPU that says so, or a CPU with AVX512-BF16 / AMX.
-
-    Elsewhere bf16 is emulated: measured 42x slower than fp32 for a 512x512 matmul on a 2-core AMD EPYC
-    without AVX512, against 1.7x faster on the AVX512-BF16 machines the demo was first timed on."""
-    if torch.cuda.is_available():
-        return bool(torch.cuda.is_bf16_supported())
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
 
 
 def freeze(model: Any, *, embeddings: bool, layers: int, keep_rows: Sequence[int] = ()) -> dict[str, int]:
@@ -308,11 +243,10 @@ def retrofit(cfg: RetrofitConfig, *, model: Any = None, tokenizer: Any = None,
     """
     from transformers import PrinterCallback, set_seed
 
-    from sdlm.distill import chat_prompt
     from sdlm.models import ensure_mask_token, load_model
     from sdlm.probe import TPFProbe
     from sdlm.provenance import atomic_write_json, provenance
-    from sdlm.sft_data import load_sft_records
+    from sdlm.sft_data import chat_prompt, load_sft_records
 
     if cfg.block_size < 1:
         raise ValueError(f"block size must be >= 1, got {cfg.block_size}")
@@ -394,7 +328,7 @@ def retrofit(cfg: RetrofitConfig, *, model: Any = None, tokenizer: Any = None,
             **({"tpf_curve": probe.curve, "probe_seconds": round(probe.probe_seconds, 2)} if probe else {}),
             "provenance": provenance(dataclasses.asdict(cfg), seed=cfg.seed),
         }
-        atomic_write_json(out / "sdlm_training.json", summary)
+        atomic_write_json(out / TRAINING_FILE, summary)
         print(f"[sdlm] saved {out} ({trainer.state.global_step} steps, {train_s:.1f}s, "
               f"{train_s / steps:.3f}s/step)", file=printer.stream, flush=True)
     return out

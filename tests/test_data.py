@@ -103,6 +103,7 @@ def test_hub_fallback_when_unset(monkeypatch):
 
     monkeypatch.delenv("SDLM_DATA_DIR", raising=False)
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr("sdlm.data._hub_reachable", lambda *a, **k: True)  # the fake hub is up
     assert load_records("gsm8k", "train")[0]["src"] == "openai/gsm8k:main:train"
     assert len(load_records("math_train")) == 7  # one (fake) row per hendrycks_math subject config
     assert [r["task_id"] for r in load_records("mbpp_sanitized", "all")] == [3, 20, 520, 700]
@@ -161,5 +162,23 @@ def test_hub_records_without_a_needed_field_are_an_error(monkeypatch):
 
     monkeypatch.delenv("SDLM_DATA_DIR", raising=False)
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: [{"question": "1+1?"}])
+    monkeypatch.setattr("sdlm.data._hub_reachable", lambda *a, **k: True)  # the fake hub is up
     with pytest.raises(DataFormatError, match=r"the hub copy openai/gsm8k \(main\), row 0: no field 'answer'"):
         load_records("gsm8k", "test")
+
+
+def test_no_data_folder_and_no_network_fails_at_once(monkeypatch):
+    """Without a data folder and without a reachable hub, no `datasets` retries (~25 s): one line, now."""
+    import time
+
+    import datasets
+
+    monkeypatch.delenv("SDLM_DATA_DIR", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_DATASETS_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://sdlm-unreachable.invalid")
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("the hub must not be tried"))
+    t0 = time.monotonic()
+    with pytest.raises(DataNotFoundError, match="hub copy openai/gsm8k .main. is unreachable"):
+        load_records("gsm8k", "test")
+    assert time.monotonic() - t0 < 3.0

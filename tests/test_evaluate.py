@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -42,14 +41,9 @@ def data_env():
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    from sdlm.models import ensure_mask_token, save_model
-    from sdlm.testing import tiny_model
+    from sdlm.testing import tiny_sdlm_checkpoint
 
-    model, tok = tiny_model("qwen2", seed=0)
-    ensure_mask_token(model, tok, block_size=4)
-    with torch.no_grad():
-        model.lm_head.weight.mul_(40)
-    return str(save_model(model, tok, tmp_path_factory.mktemp("tiny_qwen2")))
+    return tiny_sdlm_checkpoint(tmp_path_factory.mktemp("tiny_qwen2"))
 
 
 @pytest.fixture(scope="module")

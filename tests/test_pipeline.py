@@ -20,12 +20,15 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sdlm.decoders import Decoder
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEFILE = REPO / "Snakefile"
 TEST_CONFIG = REPO / "config" / "test.yaml"
 DATA_DIR = Path(os.environ.get("SDLM_DATA_DIR") or REPO.parent / "shared" / "data")
 REPORT_FILES = [f"{t}.{e}" for t in ("table1", "table3", "speed") for e in ("md", "tex", "html")] + [
-    "fig_tau_ablation.png", "fig_throughput.png", "fig_tpf_vs_steps.png", "provenance.md", "cells.csv", "batches.csv",
+    "fig_tau_ablation.png", "fig_throughput.png", "fig_tpf_vs_steps.png", "fig_claim.png", "provenance.md", "cells.csv",
+    "batches.csv",
     "models.json"]
 
 pytestmark = pytest.mark.skipif(not (DATA_DIR / "gsm8k" / "test.jsonl").is_file(),
@@ -44,13 +47,39 @@ def smk(workdir: Path, *args: str, config: Path | None = TEST_CONFIG, timeout: f
     return proc
 
 
+def _job_kind(rule: str, wildcards: dict[str, str]) -> str:
+    """One rule per step (eval_cell, train) with the step's kind in a wildcard: the jobs counted by kind --
+    confidence / self-speculative / AR / one-token-reference cells, NSP retrofits / AR-SFT baselines."""
+    if rule == "eval_cell":
+        dec = Decoder.parse(wildcards["decoder"])
+        if dec.is_one_token:
+            return "eval_reference"
+        return {"ar": "eval_ar", "self_speculative": "eval_self_speculative"}.get(dec.alg, "eval_confidence")
+    if rule == "train":
+        return "ar_sft" if wildcards["variant"] == "ar" else "retrofit"
+    return rule
+
+
 def job_counts(output: str) -> dict[str, int]:
-    """The 'Job stats' table of a (dry) run -> {rule: count} (first table only)."""
+    """The 'Job stats' table of a (dry) run -> {rule: count} (first table only), the eval_cell and train jobs
+    split by kind (from each job's wildcards)."""
     m = re.search(r"Job stats:\n.*?\n-+\s+-+\n(.*?)\ntotal\s+(\d+)", output, re.S)
     if not m:
         return {}
     counts = {line.split()[0]: int(line.split()[1]) for line in m.group(1).splitlines() if line.strip()}
     counts["total"] = int(m.group(2))
+    split = [r for r in ("eval_cell", "train") if r in counts]
+    if split:
+        kinds: dict[str, int] = {}
+        for block in _job_blocks(output):
+            rule = re.search(r"(?:local)?rule (\w+):", block)
+            wc = re.search(r"wildcards: (.*)", block)
+            if rule and rule.group(1) in split and wc:
+                wildcards = dict(item.split("=", 1) for item in wc.group(1).split(", "))
+                kind = _job_kind(rule.group(1), wildcards)
+                kinds[kind] = kinds.get(kind, 0) + 1
+        assert sum(kinds.values()) == sum(counts.pop(r) for r in split), "a job without wildcards"
+        counts.update(kinds)
     return counts
 
 
@@ -75,13 +104,13 @@ def write_config(path: Path, **changes) -> Path:
 # ================================================================================ dry runs of the shipped configs
 @pytest.mark.parametrize("name, expected", [
     # every SDLM (model, D, task) adds its one-token-per-step reference cell (eval_reference) and every cell of
-    # an SDLM model a fidelity job: demo 2 D x 3 tasks and 20 + 6 + 6 SDLM cells; paper 5 SDLMs x 6 tasks
+    # an SDLM model a fidelity job: demo 2 D x 3 tasks and 20 + 6 + 6 SDLM cells; paper 5 SDLMs x 8 tasks
     ("config.yaml", {"prepare_model": 1, "prepare_sft": 1, "retrofit": 2, "ar_sft": 1, "eval_confidence": 20,
                      "eval_self_speculative": 6, "eval_ar": 3, "eval_reference": 6, "fidelity": 32, "models_meta": 1,
                      "aggregate": 1, "report": 1, "all": 1, "total": 76}),
-    ("paper.yaml", {"prepare_model": 6, "prepare_sft": 1, "retrofit": 2, "ar_sft": 1, "eval_confidence": 240,
-                    "eval_self_speculative": 30, "eval_ar": 18, "eval_reference": 30, "fidelity": 300, "models_meta": 1,
-                    "aggregate": 1, "report": 1, "all": 1, "total": 632}),
+    ("paper.yaml", {"prepare_model": 6, "prepare_sft": 1, "retrofit": 2, "ar_sft": 1, "eval_confidence": 320,
+                    "eval_self_speculative": 40, "eval_ar": 24, "eval_reference": 40, "fidelity": 400, "models_meta": 1,
+                    "aggregate": 1, "report": 1, "all": 1, "total": 838}),
 ])
 def test_dag_of_shipped_configs(tmp_path, name, expected):
     assert dry(tmp_path, config=REPO / "config" / name) == expected
@@ -110,7 +139,7 @@ def test_slurm_profile_dry_run(tmp_path):
     pytest.importorskip("snakemake_executor_plugin_slurm")
     proc = smk(tmp_path, "-n", "--workflow-profile", str(REPO / "pipeline" / "profiles" / "slurm"),
                config=REPO / "config" / "paper.yaml")
-    assert job_counts(proc.stdout + proc.stderr)["total"] == 632
+    assert job_counts(proc.stdout + proc.stderr)["total"] == 838
 
 
 # ================================================================================ validation
@@ -160,8 +189,8 @@ def test_reference_cells_and_fidelity_in_the_dag(tmp_path):
     blocks = _job_blocks(out)
     for task in ("gsm8k_sdlm", "mbpp_sdlm"):
         cells = f"results/cells/tiny-D4/{task}"
-        ref = [b for b in blocks if "rule eval_reference:" in b and f"{cells}/step1_D4/cell.json" in b]
-        conf = [b for b in blocks if "rule eval_confidence:" in b and f"{cells}/prob_conf_D4_tau0.9/cell.json" in b]
+        ref = [b for b in blocks if "rule eval_cell:" in b and f"{cells}/step1_D4/cell.json" in b]
+        conf = [b for b in blocks if "rule eval_cell:" in b and f"{cells}/prob_conf_D4_tau0.9/cell.json" in b]
         assert len(ref) == len(conf) == 1
         ref_cmd = re.search(r"sdlm eval (.*?) >", ref[0]).group(1)
         conf_cmd = re.search(r"sdlm eval (.*?) >", conf[0]).group(1)
@@ -374,7 +403,7 @@ def test_snakemake_report_and_cli_report(run, tmp_path):
     assert (tmp_path / "report.html").stat().st_size > 10000
     out = tmp_path / "cli"
     proc = subprocess.run([sys.executable, "-m", "sdlm.cli", "report", "--cells", str(wd / "results" / "cells"),
-                           "--out", str(out), "--paper", str(REPO / "results/paper/paper_numbers.csv"),
+                           "--out", str(out), "--paper", str(REPO / "config/paper_numbers.csv"),
                            "--models", str(wd / "results/report/models.json")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert (out / "table1.md").read_text() == (wd / "results/report/table1.md").read_text()

@@ -8,7 +8,7 @@
 
 rule prepare_sft:
     input:
-        _sft_local_inputs,
+        lambda wc: PLAN.sft_local_inputs(wc.dataset),
     output:
         f"{RESULTS}/data/sft/{{dataset}}.jsonl",
     params:
@@ -21,8 +21,8 @@ rule prepare_sft:
         f"{RESULTS}/benchmarks/prepare_sft/{{dataset}}.tsv"
     threads: 1
     resources:
-        mem_mb=resources_of((config.get("resources") or {}).get("prepare"))["mem_mb"],
-        runtime=resources_of((config.get("resources") or {}).get("prepare"))["runtime"],
+        mem_mb=PLAN.shared_resources("prepare")["mem_mb"],
+        runtime=PLAN.shared_resources("prepare")["runtime"],
     script:
         "../scripts/prepare_sft.py"
 
@@ -34,7 +34,7 @@ rule distill_sft:
     output:
         f"{RESULTS}/data/sft/{{dataset}}.distilled.jsonl",
     params:
-        base=lambda wc: source_for_loading(distill_settings(wc.dataset)["model"]),
+        base=lambda wc: PLAN.source_for_loading(distill_settings(wc.dataset)["model"]),
         max_new=lambda wc: distill_settings(wc.dataset).get("max_new_tokens", 320),
         batch=lambda wc: distill_settings(wc.dataset).get("batch_size", 16),
         drop=lambda wc: "--drop-unfinished" if distill_settings(wc.dataset).get("drop_unfinished") else "",
@@ -43,11 +43,11 @@ rule distill_sft:
         f"{RESULTS}/logs/distill_sft/{{dataset}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/distill_sft/{{dataset}}.tsv"
-    threads: resources_of((config.get("eval") or {}).get("resources"))["threads"]
+    threads: PLAN.distill_resources()["threads"]
     resources:
-        mem_mb=resources_of((config.get("eval") or {}).get("resources"))["mem_mb"],
-        gpu=resources_of((config.get("eval") or {}).get("resources"))["gpu"],
-        runtime=resources_of((config.get("eval") or {}).get("resources"))["runtime"],
+        mem_mb=PLAN.distill_resources()["mem_mb"],
+        gpu=PLAN.distill_resources()["gpu"],
+        runtime=PLAN.distill_resources()["runtime"],
     shell:
         "OMP_NUM_THREADS={threads} sdlm distill --base {params.base:q} --data {input.data:q} --out {output:q} "
         "--max-new-tokens {params.max_new} --batch-size {params.batch} --device {params.device} "

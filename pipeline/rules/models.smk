@@ -8,7 +8,7 @@ rule prepare_model:
         f"{RESULTS}/models/{{name}}/source.json",
     params:
         source=lambda wc: config["models"][wc.name]["source"],
-        load_as=lambda wc: source_for_loading(wc.name),
+        load_as=lambda wc: PLAN.source_for_loading(wc.name),
         block_size=lambda wc: config["models"][wc.name].get("block_size") if config["models"][wc.name].get("released") else None,
         causal_attn=lambda wc: bool(config["models"][wc.name].get("causal_attn", False)),
         released=lambda wc: bool(config["models"][wc.name].get("released", False)),
@@ -16,9 +16,9 @@ rule prepare_model:
         f"{RESULTS}/logs/prepare_model/{{name}}.log",
     benchmark:
         f"{RESULTS}/benchmarks/prepare_model/{{name}}.tsv"
-    threads: resources_of((config.get("resources") or {}).get("prepare"))["threads"]
+    threads: PLAN.shared_resources("prepare")["threads"]
     resources:
-        mem_mb=resources_of((config.get("resources") or {}).get("prepare"))["mem_mb"],
-        runtime=resources_of((config.get("resources") or {}).get("prepare"))["runtime"],
+        mem_mb=PLAN.shared_resources("prepare")["mem_mb"],
+        runtime=PLAN.shared_resources("prepare")["runtime"],
     script:
         "../scripts/prepare_model.py"

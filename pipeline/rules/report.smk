@@ -8,7 +8,7 @@ rule models_meta:
     output:
         f"{REPORT_DIR}/models.json",
     params:
-        meta=json.dumps(models_meta(), sort_keys=True),  # canonical text: key order never triggers a rerun
+        meta=PLAN.models_meta_json(),
     log:
         f"{RESULTS}/logs/report/models_meta.log",
     script:
@@ -28,7 +28,7 @@ rule aggregate:
         f"{RESULTS}/benchmarks/report/aggregate.tsv"
     threads: 1
     resources:
-        mem_mb=resources_of((config.get("resources") or {}).get("report"))["mem_mb"],
+        mem_mb=PLAN.shared_resources("report")["mem_mb"],
     script:
         "../scripts/aggregate.py"
 
@@ -38,21 +38,21 @@ rule report:
         cells=f"{REPORT_DIR}/cells.csv",
         batches=f"{REPORT_DIR}/batches.csv",
         models=f"{REPORT_DIR}/models.json",
-        paper=[p for p in [paper_numbers_path()] if p],
-        training=list(training_summaries().values()),  # TPF probe curves (fig_tpf_vs_steps.png)
+        paper=[p for p in [PLAN.paper_numbers_path()] if p],
+        training=list(PLAN.training_summaries().values()),  # TPF probe curves (fig_tpf_vs_steps.png)
     output:
         **{name.replace(".", "_"): report(f"{REPORT_DIR}/{name}", caption=cap, category=cat, subcategory=sub)
            for name, cap, cat, sub in REPORT_OUTPUTS},
     params:
         out=lambda wc, output: os.path.dirname(output[0]),
         table3_tau=(config.get("report") or {}).get("table3_tau", 0.98),
-        training=json.dumps(training_summaries(), sort_keys=True),
+        training=json.dumps(PLAN.training_summaries(), sort_keys=True),
     log:
         f"{RESULTS}/logs/report/report.log",
     benchmark:
         f"{RESULTS}/benchmarks/report/report.tsv"
     threads: 1
     resources:
-        mem_mb=resources_of((config.get("resources") or {}).get("report"))["mem_mb"],
+        mem_mb=PLAN.shared_resources("report")["mem_mb"],
     script:
         "../scripts/report.py"

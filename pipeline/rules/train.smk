@@ -1,44 +1,24 @@
-# Stage 3: retrofits. `sdlm retrofit` per (base model, D) and the AR-SFT baseline (`--ar-baseline`, same data,
-# same steps). The checkpoint folder is complete when sdlm_training.json (written last) exists; that file is
-# the rule's output. Training steps stream to the job log ("[sdlm] step i/N ... loss_pos0 ..").
+# Stage 3: training. `sdlm retrofit` per (base model, variant): D<D> is the NSP retrofit with block size D, ar
+# the AR-SFT baseline (`--ar-baseline`, same data, same steps). The checkpoint folder is complete when
+# sdlm_training.json (written last) exists; that file is the rule's output. Training steps stream to the job
+# log ("[sdlm] step i/N ... loss_pos0 .."). The command line comes from sdlm.plan.Plan.retrofit_command.
 
-rule retrofit:
+rule train:
     input:
-        unpack(_train_inputs),
+        unpack(train_inputs),
     output:
-        _ckpt(f"{RESULTS}/checkpoints/{{base}}-D{{D}}/sdlm_training.json"),
+        checkpoint_file(f"{RESULTS}/checkpoints/{{base}}-{{variant}}/{TRAINING_FILE}"),
     params:
-        cmd=lambda wc: retrofit_command(wc),
-        omp=omp_threads,
+        cmd=lambda wc: PLAN.retrofit_command(wc.base, wc.variant),
+        omp=lambda wc, threads: PLAN.omp_threads(wc.base, threads),
     log:
-        f"{RESULTS}/logs/retrofit/{{base}}-D{{D}}.log",
+        f"{RESULTS}/logs/retrofit/{{base}}-{{variant}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/retrofit/{{base}}-D{{D}}.tsv"
-    threads: lambda wc: train_resources(wc.base)["threads"]
+        f"{RESULTS}/benchmarks/retrofit/{{base}}-{{variant}}.tsv"
+    threads: lambda wc: train_resources(wc, "threads")
     resources:
-        mem_mb=lambda wc: train_resources(wc.base)["mem_mb"],
-        gpu=lambda wc: train_resources(wc.base)["gpu"],
-        runtime=lambda wc: train_resources(wc.base)["runtime"],
-    shell:
-        "OMP_NUM_THREADS={params.omp} {params.cmd} > {log} 2>&1"
-
-
-rule ar_sft:
-    input:
-        unpack(_train_inputs),
-    output:
-        _ckpt(f"{RESULTS}/checkpoints/{{base}}-ar/sdlm_training.json"),
-    params:
-        cmd=lambda wc: retrofit_command(wc, ar=True),
-        omp=omp_threads,
-    log:
-        f"{RESULTS}/logs/retrofit/{{base}}-ar.log",
-    benchmark:
-        f"{RESULTS}/benchmarks/retrofit/{{base}}-ar.tsv"
-    threads: lambda wc: train_resources(wc.base)["threads"]
-    resources:
-        mem_mb=lambda wc: train_resources(wc.base)["mem_mb"],
-        gpu=lambda wc: train_resources(wc.base)["gpu"],
-        runtime=lambda wc: train_resources(wc.base)["runtime"],
+        mem_mb=lambda wc: train_resources(wc, "mem_mb"),
+        gpu=lambda wc: train_resources(wc, "gpu"),
+        runtime=lambda wc: train_resources(wc, "runtime"),
     shell:
         "OMP_NUM_THREADS={params.omp} {params.cmd} > {log} 2>&1"

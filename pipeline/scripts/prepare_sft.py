@@ -1,7 +1,8 @@
 """Snakemake script of rule prepare_sft: chat records from the configured components -> one JSONL.
 
-Components: ``gsm8k`` / ``math`` (sdlm.sft_data: GSM8K / MATH train from SDLM_DATA_DIR, else the hub, in the
-paper's boxed-answer chat format), a chat JSONL path (sdlm.sft_data.read_chat_jsonl), or ``hub:<dataset id>`` read
+Components: a built-in source (sdlm.sft_data.BUILTIN_SOURCES: ``gsm8k`` / ``math`` train in the paper's
+boxed-answer chat format, ``mbpp`` validation + train as MBPP chat prompts; from SDLM_DATA_DIR, else the hub), a
+chat JSONL path (sdlm.sft_data.read_chat_jsonl), or ``hub:<dataset id>`` read
 with ``datasets.load_dataset`` (needs the network or a warm cache at run time) and mapped to chat records
 from a ``messages`` column or a ``prompt``/``response`` column pair.
 """
@@ -14,7 +15,7 @@ sm = snakemake  # noqa: F821  (injected by Snakemake)
 sys.stdout = sys.stderr = open(sm.log[0], "w", buffering=1)  # noqa: SIM115  (the job log)
 
 from sdlm.provenance import atomic_write_jsonl  # noqa: E402
-from sdlm.sft_data import DataError, gsm8k_train_records, math_train_records, read_chat_jsonl  # noqa: E402
+from sdlm.sft_data import BUILTIN_SOURCES, DataError, read_chat_jsonl  # noqa: E402
 
 
 def hub_records(c):
@@ -46,10 +47,8 @@ def hub_records(c):
 records = []
 for c in json.loads(sm.params.components):
     src = c["source"]
-    if src == "gsm8k":
-        recs = gsm8k_train_records(limit=c.get("limit"))
-    elif src == "math":
-        recs = math_train_records(limit=c.get("limit"))
+    if src in BUILTIN_SOURCES:
+        recs = BUILTIN_SOURCES[src](limit=c.get("limit"))
     elif src.startswith("hub:"):
         recs = hub_records(c)
     else:

@@ -2,6 +2,7 @@
 
 from .blocks import ALGS
 from .generate import Generation, generate
+from .settings import DecodeSettings
 from .stats import DecodeStats
 
-__all__ = ["ALGS", "DecodeStats", "Generation", "generate"]
+__all__ = ["ALGS", "DecodeSettings", "DecodeStats", "Generation", "generate"]

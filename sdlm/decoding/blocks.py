@@ -10,8 +10,7 @@ from functools import lru_cache
 
 import torch
 
-CONFIDENCE_ALGS = ("prob_conf", "entropy_conf")
-ALGS = ("ar", *CONFIDENCE_ALGS, "self_speculative")
+from sdlm.decoders import ALGS, CONFIDENCE_ALGS  # noqa: F401  (re-exported; the names live in sdlm.decoders)
 
 
 @dataclass
@@ -72,14 +71,19 @@ def verify_segments(draft: torch.Tensor, length: torch.Tensor, mask_id: int) -> 
     return Side(ids, pos, seg.expand(b, -1), block.expand(b, -1)), block_cols
 
 
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """The argmax tokens: every decoder here is greedy (AR steps, self-speculative drafts and checks)."""
+    return logits.argmax(dim=-1)
+
+
 def pick(logits: torch.Tensor, alg: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Greedy tokens and their confidence: max probability (``prob_conf``) or 1 - H/log V (``entropy_conf``)."""
+    tokens = greedy(logits)
     logp = torch.log_softmax(logits.float(), dim=-1)
-    conf, tokens = logp.max(dim=-1)
     if alg == "entropy_conf":
         entropy = -(logp.exp() * logp).sum(-1)
         return tokens, 1.0 - entropy / math.log(logits.shape[-1])
-    return tokens, conf.exp()
+    return tokens, logp.gather(-1, tokens[..., None])[..., 0].exp()
 
 
 def accept_lengths(conf: torch.Tensor, threshold: float) -> torch.Tensor:

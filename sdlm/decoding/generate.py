@@ -6,7 +6,6 @@ positions, EOS/stop/budget clipping and statistics live in :class:`DecodeState`.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,7 +13,8 @@ import torch
 
 from sdlm.models import check_block_size, sdlm_settings
 
-from .blocks import ALGS, CONFIDENCE_ALGS, accept_lengths, confidence_block, pick, speculative_accept, verify_segments
+from .blocks import CONFIDENCE_ALGS, accept_lengths, confidence_block, greedy, pick, speculative_accept, verify_segments
+from .settings import DecodeSettings
 from .state import DecodeState
 from .stats import DecodeStats
 
@@ -31,8 +31,7 @@ class Generation:
 def decode_ar(state: DecodeState) -> None:
     """Greedy autoregressive decoding with the KV cache: the baseline, on the same state and cache code."""
     while not state.all_done:
-        logits = state.forward(None)  # (B, 1, V): the last causal token
-        tokens, _ = pick(logits, "prob_conf")
+        tokens = greedy(state.forward(None))  # (B, 1): from the last causal token's logits
         state.append(tokens, torch.ones_like(tokens[:, 0]))
         state.retire()
 
@@ -52,11 +51,11 @@ def decode_self_speculative(state: DecodeState, *, block_size: int, mask_id: int
 
     Lossless w.r.t. one-token-per-step confidence decoding of the same model and D (tau > 1)."""
     block = confidence_block(state.last_token(), state.length, block_size, mask_id)
-    draft, _ = pick(state.forward(block), "prob_conf")  # (B, D): prefill yields the first draft
+    draft = greedy(state.forward(block))  # (B, D): the prefill yields the first draft
     while not state.all_done:
         segments, block_cols = verify_segments(draft, state.length, mask_id)
         logits = state.forward(segments)[:, block_cols]  # (B, D segments, D, V)
-        preds, _ = pick(logits, "prob_conf")  # (B, D, D)
+        preds = greedy(logits)  # (B, D, D)
         k = state.append(draft, speculative_accept(draft, preds))
         draft = preds[torch.arange(len(k), device=k.device), (k - 1).clamp(min=0)]  # segment k-1's predictions
         (draft,) = state.retire(draft)
@@ -68,36 +67,41 @@ def generate(
     tokenizer,
     prompts: Sequence[str | Sequence[int]],
     *,
-    alg: str = "prob_conf",
+    alg: str | None = None,
     block_size: int | None = None,
-    threshold: float = 0.98,
-    max_new_tokens: int = 256,
+    threshold: float | None = None,
+    max_new_tokens: int | None = None,
     stop: Sequence[str] = (),
-    batch_size: int = 8,
-    use_cache: bool = True,
+    batch_size: int | None = None,
+    use_cache: bool | None = None,
     causal_attn: bool | None = None,
     mask_token_id: int | None = None,
     eos_token_ids: Sequence[int] | None = None,
     add_special_tokens: bool = False,
+    settings: DecodeSettings | None = None,
 ) -> list[Generation]:
     """Decode ``prompts`` (already-templated strings, or token-id lists) greedily; one ``Generation`` each.
 
-    ``block_size``/``mask_token_id``/``causal_attn`` default to the model config's SDLM keys. Prompts are
-    decoded in batches of ``batch_size`` grouped by length (results come back in input order; batched
-    output equals unbatched output). ``threshold`` must be > 0; a value > 1 accepts exactly one token per step.
+    How to decode is a :class:`DecodeSettings` (``settings``; defaults: prob_conf, tau 0.98, 256 new tokens,
+    batch 8, cached); the keywords of the same names override single fields. ``block_size``/``mask_token_id``/
+    ``causal_attn`` default to the model config's SDLM keys. Prompts are decoded in batches of ``batch_size``
+    grouped by length (results come back in input order; batched output equals unbatched output). A threshold
+    > 1 accepts exactly one token per step.
     """
-    settings = sdlm_settings(model.config)
-    _check_args(alg, threshold, max_new_tokens, batch_size)
-    d = block_size if block_size is not None else settings.block_size
-    if alg != "ar":
-        if d is None or int(d) < 1:
-            raise ValueError(f"block_size must be a positive integer for alg={alg!r}, got {d!r} (config has none)")
-        mask_token_id = mask_token_id if mask_token_id is not None else settings.mask_token_id
+    given = dict(alg=alg, block_size=block_size, threshold=threshold, max_new_tokens=max_new_tokens,
+                 batch_size=batch_size, use_cache=use_cache)
+    s = (settings or DecodeSettings()).with_(**{k: v for k, v in given.items() if v is not None})
+    config = sdlm_settings(model.config)
+    d = s.block_size if s.block_size is not None else config.block_size
+    if s.alg != "ar":
+        if d is None:
+            raise ValueError(f"block_size must be a positive integer for alg={s.alg!r}, got None (config has none)")
+        mask_token_id = mask_token_id if mask_token_id is not None else config.mask_token_id
         if mask_token_id is None:
-            raise ValueError(f"alg={alg!r} needs a mask token: the model config has no text_mask_token_id")
-    d = int(d) if alg != "ar" else 1
+            raise ValueError(f"alg={s.alg!r} needs a mask token: the model config has no text_mask_token_id")
+    d = int(d) if s.alg != "ar" else 1
     check_block_size(model.config, d)
-    causal_attn = settings.causal_attn if causal_attn is None else causal_attn
+    causal_attn = config.causal_attn if causal_attn is None else causal_attn
     eos = list(eos_token_ids) if eos_token_ids is not None else _eos_ids(model, tokenizer)
 
     ids = [_encode(tokenizer, p, add_special_tokens, i) for i, p in enumerate(prompts)]
@@ -105,31 +109,20 @@ def generate(
     results: list[Generation | None] = [None] * len(ids)
     model.eval()
     with torch.inference_mode():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            state = DecodeState(model, tokenizer, [ids[i] for i in chunk], max_new_tokens=max_new_tokens,
+        for start in range(0, len(order), s.batch_size):
+            chunk = order[start:start + s.batch_size]
+            state = DecodeState(model, tokenizer, [ids[i] for i in chunk], max_new_tokens=s.max_new_tokens,
                                 block_size=d, causal_attn=causal_attn, eos_ids=eos, stop=list(stop),
-                                use_cache=use_cache)
-            if alg == "ar":
+                                use_cache=s.use_cache)
+            if s.alg == "ar":
                 decode_ar(state)
-            elif alg in CONFIDENCE_ALGS:
-                decode_confidence(state, alg=alg, threshold=threshold, block_size=d, mask_id=mask_token_id)
+            elif s.alg in CONFIDENCE_ALGS:
+                decode_confidence(state, alg=s.alg, threshold=s.threshold, block_size=d, mask_id=mask_token_id)
             else:
                 decode_self_speculative(state, block_size=d, mask_id=mask_token_id)
             for row, fin in state.results.items():
                 results[chunk[row]] = Generation(fin.text, fin.token_ids, fin.finish_reason, fin.stats)
     return results  # type: ignore[return-value]
-
-
-def _check_args(alg: str, threshold: float, max_new_tokens: int, batch_size: int) -> None:
-    if alg not in ALGS:
-        raise ValueError(f"unknown alg {alg!r}; choose one of {', '.join(ALGS)}")
-    if not isinstance(threshold, (int, float)) or math.isnan(threshold) or threshold <= 0:
-        raise ValueError(f"threshold must be a number in (0, inf), got {threshold!r}")
-    if int(max_new_tokens) < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens!r}")
-    if int(batch_size) < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
 
 
 def _encode(tokenizer, prompt, add_special_tokens: bool, i: int) -> list[int]:

@@ -11,6 +11,8 @@ the cache) so they stop costing compute.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import warnings
 from dataclasses import dataclass
 
@@ -21,6 +23,18 @@ from sdlm.masks import MAIN, PAD, to_additive, visibility
 
 from .blocks import Side
 from .stats import DeviceClock, DecodeStats
+
+
+def cache_kwargs(model, cache) -> dict:
+    """The KV cache as the keyword this model's forward takes: transformers renamed ``past_key_values`` to
+    ``cache`` (the old name warns, and goes in 5.40); older releases know only ``past_key_values``."""
+    return {_cache_keyword(type(model)): cache}
+
+
+@functools.lru_cache(maxsize=64)
+def _cache_keyword(model_class: type) -> str:
+    params = inspect.signature(model_class.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 @dataclass
@@ -137,8 +151,8 @@ class DecodeState:
         k_seg = torch.cat([torch.where(self.slot_valid, MAIN, PAD), seg], 1)
         k_blk = torch.cat([torch.zeros_like(self.slot_valid), blk], 1)
         mask = to_additive(visibility(pos, seg, blk, k_pos, k_seg, k_blk, causal_attn=self.causal_attn), self.dtype)
-        out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask, past_key_values=self.cache,
-                         use_cache=True, logits_to_keep=keep)
+        out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True, logits_to_keep=keep,
+                         **cache_kwargs(self.model, self.cache))
         if side is not None:
             self.cache.crop(-side.ids.shape[1])
         self.slot_pos = torch.cat([self.slot_pos, main_pos], 1)

@@ -1,5 +1,5 @@
 """Scoring helpers for the benchmark tasks (no torch): answer extraction and math-verify (`answers`),
-code extraction and pass@1 (`code`), sandboxed execution (`sandbox`)."""
+multiple-choice letters (`choice`), code extraction and pass@1 (`code`), sandboxed execution (`sandbox`)."""
 
 from sdlm.scoring.answers import (
     all_boxed,
@@ -12,6 +12,7 @@ from sdlm.scoring.answers import (
     math_score,
     parse_number,
 )
+from sdlm.scoring.choice import choice_score, first_option, option_patterns
 from sdlm.scoring.code import (
     extract_code,
     humaneval_check,
@@ -28,7 +29,8 @@ from sdlm.scoring.sandbox import ExecResult, SandboxError, check_program, isolat
 
 __all__ = [
     "all_boxed", "gsm8k_extract", "gsm8k_gold", "gsm8k_score", "gsm8k_score_flexible", "last_boxed",
-    "math_gold_from_solution", "math_score", "parse_number", "extract_code", "humaneval_check",
+    "math_gold_from_solution", "math_score", "parse_number", "choice_score", "first_option", "option_patterns",
+    "extract_code", "humaneval_check",
     "humaneval_pass", "humaneval_program", "mbpp_check", "mbpp_entry_point", "mbpp_pass", "mbpp_program",
     "run_check", "run_checks", "ExecResult", "SandboxError", "check_program", "isolation", "run_program",
     "run_programs",

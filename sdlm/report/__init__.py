@@ -1,0 +1,48 @@
+"""Aggregation and paper-style report: cell JSONs -> one pandas frame -> tables and figures. No torch.
+
+Input: evaluation cells written by :mod:`sdlm.evaluate` (``sdlm eval``), laid out by the pipeline as
+``results/cells/<model>/<task>/<decoder>/cell.json`` where ``<decoder>`` is ``ar``,
+``<alg>_D<D>_tau<tau>`` or ``self_speculative_D<D>``. A ``cell.json`` is a JSON list of one summary row per
+task (its existence means the cell is complete; directories without it are ignored).
+
+* :func:`aggregate` -> the long frame, one row per (cell, task): model, task, benchmark, alg, D, tau,
+  accuracy (primary metric x 100), TPF, tokens/s, all lm-eval metrics (``metric:<name>``), and provenance
+  columns (cell path, git commit, config hash, versions, hardware, seed, time).
+* :func:`batch_frame` -> one row per decoded batch (from ``stats_<task>.jsonl``): tokens/s vs batch size.
+* :func:`table1` (accuracy per benchmark, TPF in parentheses, per model/D/tau -- the paper's Table 1),
+  :func:`table3` (AR vs confidence vs self-speculative -- Table 3) and :func:`speed_table` (the three speed
+  numbers of the honest-throughput rules: TPF, end-to-end tokens/s, decode tokens/s, plus the speed-up
+  over the AR baseline measured on the same hardware). Published numbers
+  (``config/paper_numbers.csv``) are placed in a ``paper`` row right under the measured row of the
+  same configuration: same paper model (``paper_model`` in the models file), alg, D and tau.
+* :func:`write_report` renders every table as Markdown, LaTeX (``Styler.to_latex``, booktabs) and HTML,
+  plus ``fig_tau_ablation.png`` (accuracy vs TPF and vs speed-up, one panel per benchmark, one line per
+  model/alg as tau falls), ``fig_throughput.png`` (tokens/s vs batch size; tokens/s vs TPF) and
+  ``fig_tpf_vs_steps.png`` (TPF probed during each retrofit against its training steps, from the
+  checkpoints' ``sdlm_training.json`` ``tpf_curve``; :func:`load_tpf_curves`).
+
+Accuracies carry Wilson 95% intervals (:func:`wilson_interval`; columns ``acc_lo``/``acc_hi`` in %, over ``n``
+examples), shown as ``12.5 [2.2, 47.1]``. A cell with a ``fidelity.json`` beside its ``cell.json``
+(:mod:`sdlm.fidelity`: its outputs against one-token-per-step decoding of the same model and D) gets
+``identical_text_pct`` / ``same_answer_pct`` / ``fidelity_n``; AR baselines have none (blank). One-token-
+per-step cells (confidence decoding with tau > 1; folder ``step1_D<D>``) are labelled ``1 tok/step``.
+
+Speed-ups are wall-clock ratios to the AR cell of the model's baseline (``baseline`` in the models file, by
+default the same model's ``ar`` cell) on the same task and only when both ran on the same hardware.
+"""
+
+from __future__ import annotations
+
+from .figures import FIGURES, _curve_label  # noqa: F401  (tests read the probe-key labels)
+from .frame import (BENCH_ORDER, BENCHMARKS, COLUMNS, PAPER_NUMBERS, PRIMARY_METRIC, add_speedup, aggregate, batch_frame,
+                    find_cells, load_models, load_paper_numbers, load_tpf_curves, read_frame, training_files,
+                    wilson_interval)
+from .render import FORMATS, REPORT_FILES, TABLES, report, write_report
+from .tables import speed_table, table1, table3
+
+__all__ = [
+    "BENCHMARKS", "BENCH_ORDER", "COLUMNS", "FIGURES", "FORMATS", "PAPER_NUMBERS", "PRIMARY_METRIC", "REPORT_FILES",
+    "TABLES", "add_speedup", "aggregate", "batch_frame", "find_cells", "load_models", "load_paper_numbers",
+    "load_tpf_curves", "read_frame", "report", "speed_table", "table1", "table3", "training_files",
+    "wilson_interval", "write_report",
+]

@@ -1,0 +1,114 @@
+"""The pipeline's program (sdlm.plan.Plan) without Snakemake: model variants, the grid, the job command lines,
+and that the training options the schema accepts are exactly RetrofitConfig's."""
+
+from __future__ import annotations
+
+import shlex
+from collections import Counter
+
+import pytest
+import yaml
+
+from sdlm.config_checks import load_yaml_strict
+from sdlm.plan import Plan, PlanError
+from sdlm.retrofit_config import RetrofitConfig, retrofit_options
+
+from datadir import REPO
+
+
+def plan(name: str) -> Plan:
+    return Plan(load_yaml_strict(REPO / "config" / name), REPO)
+
+
+def test_demo_grid():
+    """config/config.yaml: SmolLM2 retrofits with D 4 and 8 plus the AR-SFT baseline; 35 cells."""
+    p = plan("config.yaml")
+    assert list(p.models) == ["smollm2-D4", "smollm2-D8", "smollm2-ar"]
+    kinds = Counter()
+    for m in p.models:
+        for t in p.tasks:
+            for d in p.decoders(m, t):
+                kinds["reference" if d.is_one_token else d.alg] += 1
+    assert kinds == {"prob_conf": 12, "entropy_conf": 8, "self_speculative": 6, "ar": 3, "reference": 6}
+    assert len(p.cells()) == 35 and len(p.fidelity_files()) == 32
+    names = {d.name for d in p.decoders("smollm2-D8", "gsm8k_sdlm")}
+    assert {"entropy_conf_D8_tau0.7", "prob_conf_D8_tau0.98", "self_speculative_D8", "step1_D8"} <= names
+    assert [d.name for d in p.decoders("smollm2-D4", "mbpp_sdlm")] == ["prob_conf_D4_tau0.9", "self_speculative_D4",
+                                                                      "step1_D4"]
+    assert p.models["smollm2-D4"].baseline == "smollm2-ar" and p.models["smollm2-ar"].kind == "ar"
+
+
+def test_paper_grid_size():
+    p = plan("paper.yaml")
+    assert len(p.cells()) == 424 and len(p.fidelity_files()) == 400  # 8 tasks (Table 1's eight columns)
+
+
+def test_eval_args_of_a_cell():
+    p = plan("test.yaml")
+    args = shlex.split(p.eval_args("tiny-D4", "gsm8k_sdlm", "prob_conf_D4_tau0.9"))
+    ma = dict(kv.split("=", 1) for kv in args[args.index("--model-args") + 1].split(","))
+    assert ma == {"pretrained": "results/checkpoints/tiny-D4", "alg": "prob_conf", "block_size": "4",
+                  "threshold": "0.9", "batch_size": "2", "max_new_tokens": "16", "dtype": "fp32", "device": "cpu",
+                  "use_cache": "true"}
+    assert args[args.index("--model-key") + 1] == "tiny-D4" and args[args.index("--limit") + 1] == "2"
+    ref = shlex.split(p.eval_args("tiny-D4", "gsm8k_sdlm", "step1_D4"))
+    assert "alg=prob_conf,block_size=4,threshold=2.0," in ref[ref.index("--model-args") + 1]
+    with pytest.raises(PlanError, match="not in this configuration's grid"):
+        p.eval_args("tiny-D4", "gsm8k_sdlm", "prob_conf_D4_tau0.5")
+
+
+def test_retrofit_command_has_every_preset_option():
+    p = plan("test.yaml")
+    cmd = shlex.split(p.retrofit_command("tiny", "D4"))
+    preset = p.training_of("tiny")
+    assert cmd[:2] == ["sdlm", "retrofit"] and cmd[cmd.index("--block-size") + 1] == "4"
+    for key, value in preset.items():
+        if key == "resources":
+            continue
+        flag = "--" + key.replace("_", "-")
+        assert flag in cmd, flag
+        if value is not True:
+            assert cmd[cmd.index(flag) + 1] == str(value), flag
+    ar = shlex.split(p.retrofit_command("tiny", "ar"))
+    assert "--ar-baseline" in ar and "--block-size" not in ar and ar[ar.index("--out") + 1].endswith("tiny-ar")
+
+
+def test_the_cli_parses_what_the_pipeline_writes():
+    """Every generated flag is one `sdlm retrofit` accepts, with the value RetrofitConfig gets."""
+    from sdlm.cli import build_parser
+
+    p = plan("gpu.yaml")
+    for base in p.retrofit_bases:
+        cmd = shlex.split(p.retrofit_command(base, "D4"))
+        args = build_parser().parse_args(cmd[cmd.index("retrofit"):])
+        preset = p.training_of(base)
+        for f in retrofit_options():
+            if f.name in preset and not f.metadata.get("path"):
+                want = tuple(preset[f.name]) if isinstance(preset[f.name], list) else preset[f.name]
+                assert getattr(args, f.name) == want, f.name
+
+
+def test_schema_training_keys_are_the_retrofit_options():
+    schema = yaml.safe_load((REPO / "pipeline" / "schemas" / "config.schema.yaml").read_text())
+    keys = set(schema["$defs"]["training"]["properties"])
+    pipeline_only = {"launcher", "num_processes", "resources"}
+    assert keys - pipeline_only == {f.name for f in retrofit_options()}
+    assert {f.name for f in retrofit_options()} <= {f for f in RetrofitConfig.__dataclass_fields__}
+
+
+def test_schema_algorithms_are_the_decoders():
+    from sdlm.decoders import ALGS
+
+    schema = yaml.safe_load((REPO / "pipeline" / "schemas" / "config.schema.yaml").read_text())
+    assert ["ar", *schema["$defs"]["alg"]["enum"]] == list(ALGS)
+
+
+def test_configuration_errors_are_one_line():
+    cfg = load_yaml_strict(REPO / "config" / "test.yaml")
+    cfg["models"]["tiny"]["retrofit"]["data"] = "nope"
+    with pytest.raises(PlanError, match="models.tiny.retrofit.data 'nope' is not a key of sft_data"):
+        Plan(cfg, REPO)
+    cfg = load_yaml_strict(REPO / "config" / "test.yaml")
+    cfg["models"]["tiny-D4"] = {"source": "tiny:qwen2", "released": True}
+    with pytest.raises(PlanError, match="model key 'tiny-D4' is defined twice"):
+        Plan(cfg, REPO)
