@@ -184,13 +184,13 @@ def check_model_args(args: dict[str, Any]) -> dict[str, Any]:
 
 def check_device(device: str) -> None:
     """``cpu``, ``auto``, ``cuda`` or ``cuda:N`` that exists here: a one-line error before the model loads."""
-    import re
+    from sdlm.config_checks import DEVICE_RE
 
-    if device == "auto" or device.startswith("mps") or re.fullmatch(r"cpu(?::\d+)?", device):
-        return  # cpu:N is what accelerate hands each data-parallel CPU process
-    m = re.fullmatch(r"cuda(?::(\d+))?", device)
+    m = DEVICE_RE.fullmatch(device)
     if m is None:
         raise ValueError(f"device {device!r} is not one of cpu, auto, cuda, cuda:N")
+    if not device.startswith("cuda"):
+        return
     if not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available here (lm-eval's CLI defaults to "
                          "cuda:0): pass --device cpu or device=cpu in model_args")

@@ -247,10 +247,9 @@ def add_eval(p: argparse.ArgumentParser) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from sdlm.config_checks import check_task_names
-    from sdlm.tasks import tasks_path
+    from sdlm.tasks import resolve_tasks
 
-    check_task_names([t.strip() for t in args.tasks.split(",") if t.strip()], tasks_path())  # before heavy imports
+    resolve_tasks(args.tasks)  # a typo fails in milliseconds, before torch is imported (evaluate_cell checks again)
     set_threads(args.threads)
     from sdlm.evaluate import evaluate_cell
 

@@ -20,9 +20,10 @@ import yaml
 from sdlm.decoders import check_threshold
 from sdlm.sources import HUB_ID_RE, TINY_ARCHS, source_kind
 
-__all__ = ["ConfigError", "check_config", "check_task_names", "load_yaml_strict", "our_tasks", "code_tasks"]
+__all__ = ["DEVICE_RE", "ConfigError", "check_config", "check_task_names", "load_yaml_strict", "our_tasks", "code_tasks"]
 
-_DEVICE_RE = re.compile(r"cpu|auto|mps|cuda(:\d+)?")
+#: the device strings we accept anywhere (configs, model_args); cpu:N is what accelerate gives each CPU process
+DEVICE_RE = re.compile(r"auto|cpu(?::\d+)?|mps(?::\d+)?|cuda(?::(\d+))?")
 
 
 class ConfigError(ValueError):
@@ -173,7 +174,7 @@ def _taus(config: Mapping) -> Iterable[tuple[str, Any, bool]]:
 def _check_device(where: str, device: Any) -> None:
     if device is None:
         return
-    if not isinstance(device, str) or not _DEVICE_RE.fullmatch(device):
+    if not isinstance(device, str) or not DEVICE_RE.fullmatch(device):
         raise ConfigError(f"config: {where} = {device!r} is not one of cpu, auto, cuda, cuda:N, mps")
 
 

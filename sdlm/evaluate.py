@@ -36,26 +36,16 @@ from sdlm.sft_data import SYSTEM_PROMPT as DEFAULT_SYSTEM_PROMPT  # noqa: E402  
 
 
 # ------------------------------------------------------------------------------------------- tasks
-def _task_manager(tasks: str | list[str] | tuple[str, ...]):
-    """``(TaskManager, names)`` for the requested tasks, validated by :func:`sdlm.tasks.resolve_tasks`.
-
-    lm-eval's ~15k stock tasks are indexed (seconds) only when a name is not one of ours."""
+def _task_manager(names: list[str]):
+    """The TaskManager for task names already validated by :func:`sdlm.tasks.resolve_tasks`: lm-eval's ~15k
+    stock tasks are indexed (seconds) only when a name is not one of ours."""
     from sdlm import tasks as sdlm_tasks
 
-    if isinstance(tasks, str):
-        tasks = tasks.split(",")
-    bad = [t for t in tasks if not isinstance(t, str)]
-    if bad:
-        raise ValueError(f"task names must be strings, got {bad!r}")
-    from sdlm.config_checks import check_task_names
-
-    check_task_names([t.strip() for t in tasks if t.strip()], sdlm_tasks.tasks_path())  # typos fail in ~ms
     where = str(sdlm_tasks.tasks_path())
     tm = _cached_task_manager(False, where)
-    if not all(not t.strip() or t.strip() in tm.all_tasks or Path(t.strip()).is_file() for t in tasks):
+    if not all(n in tm.all_tasks or Path(n).is_file() for n in names):
         tm = _cached_task_manager(True, where)
-    names = list(dict.fromkeys(sdlm_tasks.resolve_tasks(list(tasks), tm=tm)))
-    return tm, names
+    return tm
 
 
 @functools.lru_cache(maxsize=2)
@@ -153,11 +143,9 @@ def evaluate_cell(
     a code task without a usable sandbox is an error before the model loads. ``model_key`` names the model in
     ``cell.json`` (the pipeline's model key; default: the checkpoint folder's name).
     """
-    from sdlm import tasks as sdlm_tasks
-    from sdlm.config_checks import check_task_names
+    from sdlm.tasks import resolve_tasks
 
-    if isinstance(tasks, (list, tuple)) and all(isinstance(t, str) for t in tasks):
-        check_task_names([t.strip() for t in tasks if t.strip()], sdlm_tasks.tasks_path())  # typos: before any import
+    names = list(dict.fromkeys(resolve_tasks(tasks)))  # typos fail in milliseconds, before any heavy import
     import lm_eval
 
     from sdlm.adapter import SDLMLM, check_model_args, parse_model_args
@@ -175,7 +163,7 @@ def evaluate_cell(
     if isinstance(gen_kwargs, str):
         gen_kwargs = parse_model_args(gen_kwargs) or None
     out = Path(output_dir)
-    tm, names = _task_manager(tasks)
+    tm = _task_manager(names)
     items, runs_code = _load_task_objects(tm, names)  # data errors (SDLM_DATA_DIR) surface here, unchanged
     isolation = None
     if runs_code:

@@ -7,13 +7,12 @@ valid YAML path")`` raised deep inside ``TaskManager.load``; `resolve_tasks` che
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SDLM_TASKS", "tasks_path", "task_manager", "available_tasks", "resolve_tasks"]
+__all__ = ["SDLM_TASKS", "tasks_path", "task_manager", "resolve_tasks"]
 
 #: The paper's benchmarks as our tasks (tasks/*.yaml); the tag ``sdlm_paper`` selects all of them.
 SDLM_TASKS = (
@@ -47,37 +46,22 @@ def task_manager(*, include_defaults: bool = True, metadata: dict[str, Any] | No
     return TaskManager(include_path=str(tasks_path()), include_defaults=include_defaults, metadata=metadata)
 
 
-def available_tasks(*, include_defaults: bool = False) -> list[str]:
-    """Task, group and tag names that `resolve_tasks` accepts."""
-    return list(task_manager(include_defaults=include_defaults).all_tasks)
-
-
-def _is_yaml_file(name: str) -> bool:
-    return Path(name).suffix in (".yaml", ".yml") and Path(name).is_file()
-
-
-def resolve_tasks(names: str | Iterable[str], *, tm=None) -> list[str]:
+def resolve_tasks(names: str | Iterable[str]) -> list[str]:
     """Validate task names (a comma-separated string or a list) and return them as a list.
 
-    Our own tasks are checked without indexing lm-eval's stock tasks; only a name we do not know triggers
-    the full index (stock tasks are allowed, as a secondary column). Raises ``ValueError`` naming the
-    unknown task, close matches and our tasks."""
+    The check is :func:`sdlm.config_checks.check_task_names`: our own tasks are read from the task folder in
+    milliseconds; only a name we do not know consults lm-eval's stock-task index. Raises ``ValueError``
+    naming the unknown task, close matches and our tasks."""
+    from sdlm.config_checks import check_task_names  # stdlib + yaml: no lm-eval import for our own names
+
     if isinstance(names, str):
-        names = [n.strip() for n in names.split(",")]
-    wanted = [n for n in names if n]
+        names = names.split(",")
+    names = list(names)
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise ValueError(f"task names must be strings, got {bad!r}")
+    wanted = [n.strip() for n in names if n.strip()]
     if not wanted:
         raise ValueError(f"no task given; available: {', '.join(SDLM_TASKS)}")
-    ours = set(tm.all_tasks) if tm is not None else set(available_tasks(include_defaults=False))
-    unknown = [n for n in wanted if n not in ours and not _is_yaml_file(n)]
-    if unknown and tm is None:
-        ours = set(available_tasks(include_defaults=True))
-        unknown = [n for n in unknown if n not in ours]
-    if unknown:
-        name = unknown[0]
-        close = difflib.get_close_matches(name, sorted(ours), n=5, cutoff=0.6)
-        hint = f"; did you mean {', '.join(close)}?" if close else ";"
-        raise ValueError(
-            f"unknown task {name!r}{hint} available: {', '.join(SDLM_TASKS)}, the tag 'sdlm_paper', and "
-            f"lm-eval's stock tasks (`lm-eval ls tasks`)"
-        )
+    check_task_names(wanted, tasks_path())
     return wanted

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from procs import cmdline_mentions
 from sdlm.decoders import Decoder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -347,18 +348,6 @@ def test_killed_evaluation_restarts(run):
     assert cell.is_file() and dry(wd) == {}
 
 
-def _cmdlines_mentioning(text: str) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if text in (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                    out.append(int(entry.name))
-            except OSError:
-                pass
-    return out
-
-
 def test_sigkill_of_snakemake_alone_resumes_as_the_readme_says(run):
     """README: after a hard kill, `snakemake --unlock`, then the same command. With Snakemake alone SIGKILLed,
     its running job must not finish behind its back (an output Snakemake marked incomplete would then exist and
@@ -368,9 +357,9 @@ def test_sigkill_of_snakemake_alone_resumes_as_the_readme_says(run):
     os.kill(proc.pid, signal.SIGKILL)  # Snakemake only; its job is orphaned
     proc.wait()
     t0 = time.time()
-    while _cmdlines_mentioning(CELLS[0]) and time.time() - t0 < 30:
+    while cmdline_mentions(CELLS[0]) and time.time() - t0 < 30:
         time.sleep(0.2)
-    assert _cmdlines_mentioning(CELLS[0]) == [], "the orphaned job is still running"
+    assert cmdline_mentions(CELLS[0]) == [], "the orphaned job is still running"
     assert not cell.exists()
     smk(wd, "--unlock")
     smk(wd, "--cores", "2")  # the same command as before the kill

@@ -17,7 +17,6 @@ import sys
 import textwrap
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
@@ -28,6 +27,7 @@ from sdlm.scoring.code import (
 from sdlm.scoring.sandbox import ExecResult, check_program, run_program, run_programs
 
 from datadir import DATA, REPO, needs_data
+from procs import cwd_under, zombie_children
 
 sys.path.insert(0, str(REPO / "tasks"))
 import utils as task_utils  # noqa: E402  (the tasks' own process_results)
@@ -59,31 +59,6 @@ def canary():
     assert sorted(p.name for p in folder.iterdir()) == ["canary.txt"]  # nothing created beside it
     path.unlink()
     folder.rmdir()
-
-
-def _processes_with_cwd_under(root: Path) -> list[int]:
-    out = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.readlink(entry / "cwd").startswith(str(root)):
-                    out.append(int(entry.name))
-            except OSError:
-                pass
-    return out
-
-
-def _zombie_children() -> list[int]:
-    me, out = os.getpid(), []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] == "Z" and int(fields[1]) == me:
-                out.append(int(entry.name))
-    return out
 
 
 # ------------------------------------------------------------------------------------------ verdicts
@@ -227,7 +202,7 @@ def test_a_crash_or_exit_code_fails_the_sample_not_the_cell(isolation):
                     "import sys\nsys.modules['__main__']._real_exit(7)\n"):
         res = check_program(program + WRONG_CODE, "assert f(1) == 2\n")
         assert res.status == "failed" and res.reason, res
-    assert _zombie_children() == []
+    assert zombie_children() == []
 
 
 # ------------------------------------------------------------------------------------------ limits
@@ -241,7 +216,7 @@ def test_program_that_ignores_signals_and_sleeps_is_stopped(isolation):
     program = "import signal, time\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\ntime.sleep(60)\n"
     res = run_program(program, timeout=1.0, grace_s=1.0)
     assert res.status == "timeout"
-    assert _zombie_children() == []
+    assert zombie_children() == []
 
 
 @pytest.mark.parametrize("program", [
@@ -339,7 +314,7 @@ def test_detached_children_do_not_outlive_the_check(bwrap, tmp_path, monkeypatch
         res = check_program(program, "assert f(1) == 2\n")
         assert res.status == "failed"
         time.sleep(0.3)
-        assert _processes_with_cwd_under(tmp_path) == [] and list(tmp_path.iterdir()) == []
+        assert cwd_under(tmp_path) == [] and list(tmp_path.iterdir()) == []
     finally:
         sb.tempfile.tempdir = None
 
@@ -372,10 +347,10 @@ def test_killing_the_evaluating_process_leaves_no_orphan(sig, isolation, tmp_pat
     try:
         assert proc.stdout.readline().strip() == b"started"
         for _ in range(100):  # wait until the program runs in its folder
-            if len(_processes_with_cwd_under(tmp_path)) >= 2:
+            if len(cwd_under(tmp_path)) >= 2:
                 break
             time.sleep(0.1)
-        assert len(_processes_with_cwd_under(tmp_path)) >= 2
+        assert len(cwd_under(tmp_path)) >= 2
         time.sleep(0.5)
         proc.send_signal(sig)
         proc.wait(timeout=20)
@@ -384,7 +359,7 @@ def test_killing_the_evaluating_process_leaves_no_orphan(sig, isolation, tmp_pat
             proc.kill()
             proc.wait()
     time.sleep(0.5)
-    assert _processes_with_cwd_under(tmp_path) == []
+    assert cwd_under(tmp_path) == []
     assert list(tmp_path.iterdir()) == []
 
 

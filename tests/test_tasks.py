@@ -128,16 +128,15 @@ def test_unset_directory_offline_is_one_clear_error(monkeypatch):
 
 # ------------------------------------------------------------------------------------- task names
 def test_resolve_tasks():
-    tm = _manager()
-    assert resolve_tasks("gsm8k_sdlm, mbpp_sdlm", tm=tm) == ["gsm8k_sdlm", "mbpp_sdlm"]
-    assert resolve_tasks(["sdlm_paper"], tm=tm) == ["sdlm_paper"]
+    assert resolve_tasks("gsm8k_sdlm, mbpp_sdlm") == ["gsm8k_sdlm", "mbpp_sdlm"]
+    assert resolve_tasks(["sdlm_paper"]) == ["sdlm_paper"]
     with pytest.raises(ValueError) as err:
-        resolve_tasks(["gsm8k_sdlm", "gsm8k_sdml"], tm=tm)
+        resolve_tasks(["gsm8k_sdlm", "gsm8k_sdml"])
     msg = str(err.value)
     assert msg.startswith("unknown task 'gsm8k_sdml'") and "did you mean gsm8k_sdlm" in msg
     assert "available: gsm8k_sdlm, math500_sdlm" in msg
     with pytest.raises(ValueError, match="no task given"):
-        resolve_tasks("", tm=tm)
+        resolve_tasks("")
 
 
 def test_lm_eval_itself_raises_keyerror_for_unknown_names():

@@ -10,9 +10,7 @@ from sdlm.decoders import ALGS, Decoder, check_threshold
 __all__ = ["DecodeSettings"]
 
 
-def _positive(name: str, value: object, *, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
+def _positive(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be >= 1, got {value!r}")
     return value

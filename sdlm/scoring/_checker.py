@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # -I leaves the script's folder off sys.path
 
-from _wire import WireError, WireTimeout, decode, encode, read_frame, write_frame  # noqa: E402
+from _wire import WireError, WireTimeout, decode, describe, encode, read_frame, write_frame  # noqa: E402
 
 REPLY_LIMIT = 256 << 20  # bytes of one answer from the program
 
@@ -161,18 +161,8 @@ def free_names(source: str) -> set[str]:
     return loads - bound - set(dir(builtins))
 
 
-def _test_line(exc: BaseException) -> str:
-    tb, line = exc.__traceback__, None
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == "<tests>":
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    return f" (test line {line})" if line else ""
-
-
 def _describe(exc: BaseException) -> str:
-    msg = str(exc)
-    return (f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__)[:400] + _test_line(exc)
+    return describe(exc, "<tests>", "test")
 
 
 def _exit_status(proc) -> str:
@@ -212,7 +202,7 @@ def check(job: dict) -> tuple[str, str]:
     except ProgramGone as e:
         return "failed", f"{e} ({_exit_status(proc)})"
     except ProgramRaised as e:
-        return "failed", str(e)[:500] + _test_line(e)
+        return "failed", describe(e, "<tests>", "test", with_type=False, limit=500)  # the program's own words
     except BaseException as e:  # noqa: BLE001 - AssertionError, NameError (no entry point), ... of the tests
         return "failed", _describe(e)
     finally:

@@ -22,18 +22,7 @@ _real_exit = os._exit
 
 
 def _describe(exc):
-    try:
-        msg = str(exc)
-    except Exception:  # noqa: BLE001 - a broken __str__ in program code
-        msg = "<unprintable>"
-    name = type(exc).__name__
-    tb, line = exc.__traceback__, None
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename == "<program>":
-            line = tb.tb_lineno
-        tb = tb.tb_next
-    where = f" (program line {line})" if line else ""
-    return (f"{name}: {msg}" if msg else name)[:400] + where
+    return describe(exc, "<program>", "program")  # describe: from _wire.py, whose text precedes this one
 
 
 def _pdeathsig():

@@ -156,3 +156,22 @@ def decode(x, from_ref, depth: int = 0):
     if tag == "ref":
         return from_ref(int(x["id"]))
     raise WireError(f"unknown value tag {tag!r}")
+
+
+def describe(exc: BaseException, source: str, label: str, *, with_type: bool = True, limit: int = 400) -> str:
+    """An exception as a verdict reason: ``Type: message (<label> line N)``, cut to ``limit`` characters before
+    the line. N is the deepest traceback line in code compiled as ``source`` ("<program>", "<tests>"); a broken
+    ``__str__`` (program code) does not break the description."""
+    try:
+        msg = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ in program code
+        msg = "<unprintable>"
+    name = type(exc).__name__
+    tb, line = exc.__traceback__, None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == source:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    where = f" ({label} line {line})" if line else ""
+    text = (f"{name}: {msg}" if msg else name) if with_type else msg
+    return text[:limit] + where
