@@ -29,6 +29,7 @@ from typing import Any
 from sdlm.cells import CELL_FILE, RESULTS_FILE, samples_file, stats_file
 from sdlm.decoders import Decoder
 from sdlm.provenance import atomic_write_json, atomic_write_jsonl, config_hash, cpu_load, provenance
+from sdlm.scoring.code import take_verdicts
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +94,19 @@ def _metrics(task_result: dict[str, Any]) -> dict[str, Any]:
             v = None
         out[k] = v
     return out
+
+
+def attach_verdicts(samples: dict[str, list[dict]], verdicts: dict[str, dict]) -> None:
+    """Each code sample gets ``verdict: {status, reason}`` -- why its check passed or failed -- beside lm-eval's
+    ``pass_at_1`` (sdlm.scoring.code.judge kept them by problem + reply)."""
+    from sdlm.scoring.code import verdict_key
+
+    for rows in samples.values():
+        for row in rows:
+            if "pass_at_1" in row and row.get("filtered_resps"):
+                v = verdicts.get(verdict_key(row.get("doc") or {}, row["filtered_resps"][0]))
+                if v is not None:
+                    row["verdict"] = v
 
 
 def cell_decoder(lm) -> Decoder:
@@ -190,6 +204,7 @@ def evaluate_cell(
     eval_wall_s = time.perf_counter() - t0
     load = {"start": load_start, "end": cpu_load()}  # speed figures from a machine busier than its cores are marked
     gathered = lm.gather_object(lm.request_stats, dst=0)  # every rank must take part
+    verdicts = lm.gather_object(take_verdicts(), dst=0) if runs_code else None
     if lm.rank != 0 or results is None:
         return {"rank": lm.rank, "rows": None}
     stats = [row for part in gathered for row in part]
@@ -205,6 +220,8 @@ def evaluate_cell(
     }
     prov = provenance(config, seed=seed)
     samples = results.pop("samples", None) or {}
+    if verdicts:
+        attach_verdicts(samples, {k: v for part in verdicts for k, v in part.items()})
     results["sdlm"] = {
         **info,
         "chat_template": chat_template,

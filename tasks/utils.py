@@ -28,7 +28,7 @@ except ImportError:  # lm-eval loads this file by path; make the repo importable
 from sdlm.data import load_records
 from sdlm.scoring.answers import gsm8k_gold, gsm8k_score, gsm8k_score_flexible, math_score
 from sdlm.scoring.choice import first_option
-from sdlm.scoring.code import extract_code, humaneval_check, mbpp_check, mbpp_entry_point
+from sdlm.scoring.code import extract_code, humaneval_check, judge, mbpp_check, mbpp_entry_point
 
 from sdlm.sft_data import BOXED_INSTRUCTION, MBPP_TEMPLATE  # noqa: E402  (one spelling for SFT data and tasks)
 
@@ -193,16 +193,18 @@ def humaneval_doc_to_target(doc: dict) -> str:
     return doc["entry_point"]
 
 
+def _humaneval_results(doc: dict, reply: str, *, plus: bool) -> dict[str, float]:
+    timeout, memory = (PLUS_TIMEOUT_S, PLUS_MEMORY_MB) if plus else (CODE_TIMEOUT_S, CODE_MEMORY_MB)
+    return judge(doc, reply, lambda: humaneval_check(doc, extract_code(reply, doc["entry_point"]), timeout=timeout,
+                                                     memory_mb=memory))
+
+
 def humaneval_process_results(doc: dict, results: list[str]) -> dict[str, float]:
-    code = extract_code(results[0], doc["entry_point"])
-    res = humaneval_check(doc, code, timeout=CODE_TIMEOUT_S, memory_mb=CODE_MEMORY_MB)
-    return {"pass_at_1": float(res.passed)}
+    return _humaneval_results(doc, results[0], plus=False)
 
 
 def humaneval_plus_process_results(doc: dict, results: list[str]) -> dict[str, float]:
-    code = extract_code(results[0], doc["entry_point"])
-    res = humaneval_check(doc, code, timeout=PLUS_TIMEOUT_S, memory_mb=PLUS_MEMORY_MB)
-    return {"pass_at_1": float(res.passed)}
+    return _humaneval_results(doc, results[0], plus=True)
 
 
 # ------------------------------------------------------------------------------------------------ GPQA
@@ -338,10 +340,9 @@ def mbpp_fewshot_samples() -> list[dict]:
 
 
 def _mbpp_results(doc: dict, generation: str, *, plus: bool) -> dict[str, float]:
-    code = extract_code(generation, mbpp_entry_point(doc))
     timeout, memory = (PLUS_TIMEOUT_S, PLUS_MEMORY_MB) if plus else (CODE_TIMEOUT_S, CODE_MEMORY_MB)
-    res = mbpp_check(doc, code, plus=plus, timeout=timeout, memory_mb=memory)
-    return {"pass_at_1": float(res.passed)}
+    return judge(doc, generation, lambda: mbpp_check(doc, extract_code(generation, mbpp_entry_point(doc)), plus=plus,
+                                                     timeout=timeout, memory_mb=memory))
 
 
 def mbpp_process_results(doc: dict, results: list[str]) -> dict[str, float]:

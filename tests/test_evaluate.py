@@ -75,6 +75,13 @@ def test_end_to_end_files_and_stats(cell, ckpt):
 
         samples = _jsonl(out / f"samples_{task}.jsonl")
         assert [s["doc_id"] for s in samples] == [0, 1]
+        for s in samples:  # code answers say why they passed or failed (the checker's verdict), beside the score
+            if "pass_at_1" in s:
+                assert s["verdict"]["status"] in ("passed", "failed", "timeout")
+                assert (s["verdict"]["status"] == "passed") == (s["pass_at_1"] == 1.0)
+                assert s["verdict"]["status"] == "passed" or s["verdict"]["reason"]
+            else:
+                assert "verdict" not in s
         prompt = samples[0]["arguments"][0][0]  # chat-templated by lm-eval, with the paper's system prompt
         assert prompt.startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n")
         assert prompt.endswith("<|im_start|>assistant\n")

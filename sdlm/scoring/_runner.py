@@ -4,8 +4,9 @@
 #
 # 1. keeps private copies of stdin/stdout as the channel to the checker and points fds 0/1/2 at /dev/null;
 # 2. reads one frame {program, memory_bytes, cpu_s, workdir, guard};
-# 3. sets resource limits (address space, CPU seconds, file size, no core files) and, with ``guard``, the
-#    in-process refusals (writes outside the working directory, process creation, signals, ctypes);
+# 3. under root (privileged bubblewrap), switches to the program's own uid, which drops every capability;
+#    sets resource limits (address space, CPU seconds, file size, no core files, threads) and, with ``guard``,
+#    the in-process refusals (writes outside the working directory, process creation, signals, ctypes);
 # 4. executes the program and says whether it loaded;
 # 5. answers the checker's requests -- resolve names, call, getattr -- with plain data or refs, until told
 #    to exit. It never reports a verdict: the checker runs the tests on its own side.
@@ -33,6 +34,31 @@ def _pdeathsig():
         ctypes.CDLL(None).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL
     except Exception:  # noqa: BLE001 - not Linux
         pass
+
+
+def _owned(pid, uid):
+    """Threads of process ``pid`` when its real uid is ``uid``, else 0 (a process may end meanwhile)."""
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            fields = dict(line.split(":", 1) for line in fh if ":" in line)
+        return int(fields["Threads"]) if int(fields["Uid"].split()[0]) == uid else 0
+    except (OSError, KeyError, ValueError):
+        return 0
+
+
+def _no_privileges_ever():
+    """No capability can come back: the bounding set is emptied (while CAP_SETPCAP is still held, under root)
+    and no_new_privs is set, so exec of a setuid or file-capability binary gains nothing."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+        raise SystemExit("sandbox: no_new_privs could not be set")
+    with open("/proc/self/status") as fh:
+        bounding = int(dict(line.split(":", 1) for line in fh if ":" in line)["CapBnd"], 16)
+    for cap in range(64):
+        if bounding >> cap & 1 and libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise SystemExit(f"sandbox: capability {cap} could not be dropped from the bounding set")
 
 
 def _refuser(name):
@@ -197,6 +223,19 @@ def _main():
     workdir = os.path.realpath(job["workdir"])
     if job.get("guard"):
         _pdeathsig()
+    if not job.get("guard"):
+        _no_privileges_ever()
+    uid = job.get("uid")
+    if uid is not None:  # real uid, effective and saved all leave 0: the kernel clears every capability
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+        if os.getuid() != uid or os.geteuid() != uid:
+            raise SystemExit("sandbox: the uid switch did not happen")
+    os.chdir(workdir)
+    if job.get("max_tasks"):  # threads of this uid (in its namespace): the ones running now plus max_tasks
+        mine = sum(_owned(p, os.getuid()) for p in os.listdir("/proc") if p.isdigit())
+        resource.setrlimit(resource.RLIMIT_NPROC, (mine + int(job["max_tasks"]),) * 2)
     cpu = int(math.ceil(job["cpu_s"])) + 1
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
     resource.setrlimit(resource.RLIMIT_FSIZE, (64 << 20, 64 << 20))

@@ -152,7 +152,16 @@ def decode(x, from_ref, depth: int = 0):
     if tag == "ndarray":
         import numpy
 
-        return numpy.array(decode(v, from_ref, d), dtype=x["dtype"])
+        try:
+            dtype = numpy.dtype(str(x["dtype"]))
+        except (TypeError, ValueError):
+            raise WireError(f"unknown array type {str(x['dtype'])[:40]!r}") from None
+        # plain numbers or text only: a sub-array or record type ("(10**8,)f8", 100 bytes) would make one
+        # element gigabytes in the checker; text takes its width from the values, not from the claimed type
+        if dtype.subdtype is not None or dtype.fields is not None or dtype.kind not in "biufcUS":
+            raise WireError(f"array type {str(dtype)[:40]!r} cannot cross")
+        values = decode(v, from_ref, d)
+        return numpy.array(values, dtype=dtype.kind) if dtype.kind in "US" else numpy.array(values, dtype=dtype)
     if tag == "ref":
         return from_ref(int(x["id"]))
     raise WireError(f"unknown value tag {tag!r}")

