@@ -41,6 +41,9 @@ DEFAULT_MASK_TOKEN = "<text_mask>"  # the authors' token string (sdlm_train.py)
 _HUB_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"]
 
 
+SIZE_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
+
+
 class ModelSourceError(ValueError):
     """A model source that cannot be resolved or loaded; the message is one line meant for a user."""
 
@@ -232,9 +235,20 @@ def load_config(folder: str | os.PathLike) -> Any:
         raise ModelSourceError(f"cannot read {path}: {e}") from None
     d = normalise_config_dict(raw)
     d.pop("transformers_version", None)
-    config = CONFIG_MAPPING[d["model_type"]].from_dict(d)
+    missing = [k for k in SIZE_KEYS if not isinstance(d.get(k), int) or isinstance(d.get(k), bool) or d[k] <= 0]
+    if missing:  # transformers would fill in its defaults: a 7B-sized model around a small checkpoint's weights
+        raise ModelSourceError(f"{path} lacks valid {', '.join(missing)} (got {[d.get(k) for k in missing]}): "
+                               "not a complete model config")
+    try:
+        config = CONFIG_MAPPING[d["model_type"]].from_dict(d)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ModelSourceError(f"{path} is not a valid {d['model_type']} config: {_first_line(e)}") from None
     config._name_or_path = str(folder)
     return config
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -536,14 +550,33 @@ def load_model(source: str | os.PathLike, *, dtype: Any = None, device: str = "c
         kwargs["device_map"] = "auto"
     try:
         model, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True, **kwargs)
-    except (OSError, ValueError) as e:
-        raise ModelSourceError(f"cannot load the weights of {source!r}: {str(e).strip().splitlines()[0][:200]}") from None
+    except Exception as e:  # noqa: BLE001 - a truncated safetensors file raises the library's own error type
+        raise ModelSourceError(f"cannot load the weights of {str(source)!r}: {type(e).__name__}: {_first_line(e)}") from None
     _check_loading_info(source, info)
+    check_weights(model, source)
     if device != "auto":
         model.to(device)
     model.eval()
     tok = load_tokenizer(folder, config)
     return model, tok
+
+
+def check_weights(model: Any, source: Any) -> None:
+    """Every weight finite and the mask token inside the vocabulary: a NaN weight would decode garbage with
+    exit code 0 and score 0; a mask id past the embedding rows fails deep inside a forward."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.device.type != "meta" and not bool(torch.isfinite(p).all()):
+                bad = int((~torch.isfinite(p)).sum())
+                raise ModelSourceError(f"checkpoint {str(source)!r} has {bad} non-finite values (NaN/inf) in {name}: "
+                                       "a diverged or corrupt training run")
+    mid = sdlm_settings(model.config).mask_token_id
+    rows = model.get_input_embeddings().num_embeddings
+    if mid is not None and not 0 <= int(mid) < rows:
+        raise ModelSourceError(f"checkpoint {str(source)!r} has text_mask_token_id={mid}, outside its {rows} "
+                               "embedding rows")
 
 
 def _check_loading_info(source: Any, info: dict) -> None:

@@ -93,6 +93,64 @@ def test_unsupported_or_empty_configs_are_errors(ckpt, config, needle):
         load_model(ckpt)
 
 
+def test_a_truncated_weights_file_is_one_line(ckpt, tmp_path, capsys):
+    path = ckpt / "model.safetensors"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ModelSourceError, match="cannot load the weights of .*SafetensorError"):
+        load_model(ckpt)
+    code, err = run_cli(capsys, "eval", "--model-args", f"pretrained={ckpt},alg=ar", "--tasks", "gsm8k_sdlm",
+                        "--limit", "1", "--output", str(tmp_path / "cell"))
+    assert_one_line_error(code, err, "cannot load the weights", "SafetensorError")
+
+
+def test_a_config_without_sizes_is_an_error_not_default_sizes(ckpt):
+    config = json.loads((ckpt / "config.json").read_text())
+    for key in ("hidden_size", "num_hidden_layers"):
+        config.pop(key)
+    _edit_config(ckpt, config)
+    with pytest.raises(ModelSourceError, match=r"config.json lacks valid hidden_size, num_hidden_layers \(got \[None, None\]\)"):
+        load_model(ckpt)
+
+
+def test_a_mask_token_outside_the_vocabulary_is_an_error(ckpt):
+    config = json.loads((ckpt / "config.json").read_text())
+    config["text_mask_token_id"] = config["vocab_size"] + 7
+    _edit_config(ckpt, config)
+    with pytest.raises(ModelSourceError, match=f"text_mask_token_id={config['vocab_size'] + 7}, outside its "
+                                               f"{config['vocab_size']} embedding rows"):
+        load_model(ckpt)
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_non_finite_weights_stop_evaluation(ckpt, tmp_path, capsys, value):
+    """A diverged checkpoint used to evaluate with exit code 0 and score 0."""
+    def poison(state):
+        state["model.layers.0.mlp.up_proj.weight"][0, 0] = value
+    _edit_weights(ckpt, poison)
+    out = tmp_path / "cell"
+    code, err = run_cli(capsys, "eval", "--model-args", f"pretrained={ckpt},alg=prob_conf,block_size=4,threshold=0.9",
+                        "--tasks", "gsm8k_sdlm", "--limit", "1", "--output", str(out))
+    assert_one_line_error(code, err, "1 non-finite values (NaN/inf) in model.layers.0.mlp.up_proj.weight")
+    assert not (out / "cell.json").exists()
+
+
+def test_non_finite_logits_stop_decoding(ckpt, tmp_path, capsys):
+    """Finite weights whose activations overflow (final norm x 1e38, LM head x 1e6): the first forward stops."""
+    from sdlm.decoding import generate
+    from sdlm.decoding.state import NonFiniteLogits
+
+    _edit_weights(ckpt, lambda s: (s["model.norm.weight"].mul_(1e38), s["lm_head.weight"].mul_(1e6)))
+    model, tok = load_model(ckpt)
+    with pytest.raises(NonFiniteLogits, match="non-finite logits .* in forward 1"):
+        generate(model, tok, [[5, 6, 7]], alg="prob_conf", block_size=4, max_new_tokens=4)
+    out = tmp_path / "cell"
+    code, err = run_cli(capsys, "eval", "--model-args", f"pretrained={ckpt},alg=ar", "--tasks", "gsm8k_sdlm",
+                        "--limit", "1", "--gen-kwargs", "max_gen_toks=8", "--output", str(out))
+    errors = [ln for ln in err.splitlines() if "error:" in ln]  # beside lm-eval's progress bars
+    assert code == 2 and "Traceback" not in err and len(errors) == 1 and "non-finite logits" in errors[0], err
+    assert not (out / "cell.json").exists()
+
+
 @pytest.mark.parametrize("alg", ["ar", "prob_conf"])
 def test_sdlm_eval_refuses_a_broken_checkpoint_before_decoding(ckpt, tmp_path, capsys, alg):
     _edit_weights(ckpt, lambda s: s.pop("lm_head.weight"))

@@ -25,6 +25,10 @@ from .blocks import Side
 from .stats import DeviceClock, DecodeStats
 
 
+class NonFiniteLogits(ValueError):
+    """A forward pass gave NaN or inf logits: stop instead of decoding garbage with exit code 0."""
+
+
 def cache_kwargs(model, cache) -> dict:
     """The KV cache as the keyword this model's forward takes: transformers renamed ``past_key_values`` to
     ``cache`` (the old name warns, and goes in 5.40); older releases know only ``past_key_values``."""
@@ -153,6 +157,9 @@ class DecodeState:
         mask = to_additive(visibility(pos, seg, blk, k_pos, k_seg, k_blk, causal_attn=self.causal_attn), self.dtype)
         out = self.model(input_ids=ids, position_ids=pos, attention_mask=mask, use_cache=True, logits_to_keep=keep,
                          **cache_kwargs(self.model, self.cache))
+        if not bool(torch.isfinite(out.logits).all()):  # NaN/inf would still argmax to some token, silently
+            raise NonFiniteLogits(f"the model produced non-finite logits (NaN/inf) in forward {int(torch.as_tensor(self.nfe).max()) + 1} "
+                                  f"(dtype {self.dtype}): its weights or activations overflow; decoding stopped")
         if side is not None:
             self.cache.crop(-side.ids.shape[1])
         self.slot_pos = torch.cat([self.slot_pos, main_pos], 1)
