@@ -23,6 +23,12 @@ MBPP_TEMPLATE = (
     "You are an expert Python programmer, and here is your task:\n{text}\n"
     "Your code should pass these tests:\n\n{tests}\n"
 )
+#: OpenCompass humaneval_openai_sample_evals_gen_dcae0e's user turn before the problem's prompt (the HumanEval
+#: task and the HumanEval-format SFT prompts built from MBPP train)
+HUMANEVAL_INSTRUCTION = (
+    "Read the following function signature and docstring, and fully implement the function described. "
+    "Your response should only contain the code for this function.\n"
+)
 _CALC = re.compile(r"<<[^<>]*>>")
 _FINAL = re.compile(r"^####\s*(.+?)\s*$", re.MULTILINE)
 
@@ -141,8 +147,70 @@ def mbpp_train_records(*, limit: int | None = None) -> list[dict[str, Any]]:
     return out
 
 
+def _doctest_line(test: str) -> str:
+    """``assert f(2) == 4`` -> ``>>> f(2)\\n    4`` (HumanEval's docstring examples); other asserts as ``... -> True``."""
+    import ast
+
+    try:
+        node = ast.parse(test.strip()).body[0]
+    except (SyntaxError, IndexError):
+        return ""
+    if not isinstance(node, ast.Assert):
+        return ""
+    t = node.test
+    if isinstance(t, ast.Compare) and len(t.ops) == 1 and isinstance(t.ops[0], ast.Eq):
+        return f"    >>> {ast.unparse(t.left)}\n    {ast.unparse(t.comparators[0])}\n"
+    return f"    >>> {ast.unparse(t)}\n    True\n"
+
+
+def mbpp_humaneval_prompt(record: dict[str, Any]) -> str | None:
+    """An MBPP problem written as a HumanEval prompt: the reference solution's signature of the tested function,
+    a docstring with the task text and the tests as examples. None when the code has no top-level ``def`` of
+    the tested function (a class method, a lambda)."""
+    from sdlm.scoring.code import mbpp_entry_point
+
+    entry = mbpp_entry_point(record)
+    code = record["code"].replace("\r\n", "\n")
+    m = re.search(rf"^def {re.escape(entry)}\(.*?\)\s*(?:->[^:\n]*)?:", code, re.M | re.S) if entry else None
+    if m is None:
+        return None
+    examples = "".join(_doctest_line(t) for t in record["test_list"])
+    return f'{m.group(0).rstrip()}\n    """ {record["text"].strip()}\n{examples}    """\n'
+
+
+def mbpp_humaneval_records(*, limit: int | None = None) -> list[dict[str, Any]]:
+    """MBPP validation + train (never the test problems) in the HumanEval task's format
+    (:data:`HUMANEVAL_INSTRUCTION` + :func:`mbpp_humaneval_prompt`), for retrofits evaluated on HumanEval; the
+    reference code is the answer until self-distillation replaces it. Problems without a top-level ``def`` of
+    the tested function are left out, and counted on stderr."""
+    import sys
+
+    from sdlm.data import DataNotFoundError, load_records
+
+    try:
+        recs = load_records("mbpp", "validation") + load_records("mbpp", "train")
+    except DataNotFoundError as e:
+        raise DataError(str(e)) from None
+    out, left_out = [], 0
+    for r in recs:
+        prompt = mbpp_humaneval_prompt(r)
+        if prompt is None:
+            left_out += 1
+            continue
+        out.append({"messages": [
+            {"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": HUMANEVAL_INSTRUCTION + prompt},
+            {"role": "assistant", "content": "```python\n" + r["code"].replace("\r\n", "\n").strip() + "\n```"},
+        ]})
+    if left_out:
+        print(f"[sdlm] mbpp_humaneval: {left_out} of {len(recs)} MBPP train/validation problems have no top-level "
+              "def of the tested function and are left out", file=sys.stderr)
+    return out[:limit] if limit is not None else out
+
+
 #: SFT sources by name (a retrofit's --data, a pipeline sft_data component); anything else is a chat JSONL path
-BUILTIN_SOURCES = {"gsm8k": gsm8k_train_records, "math": math_train_records, "mbpp": mbpp_train_records}
+BUILTIN_SOURCES = {"gsm8k": gsm8k_train_records, "math": math_train_records, "mbpp": mbpp_train_records,
+                   "mbpp_humaneval": mbpp_humaneval_records}
 
 
 def load_sft_records(spec: str, *, limit: int | None = None) -> list[dict[str, Any]]:

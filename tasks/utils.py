@@ -30,12 +30,8 @@ from sdlm.scoring.answers import gsm8k_gold, gsm8k_score, gsm8k_score_flexible, 
 from sdlm.scoring.choice import first_option
 from sdlm.scoring.code import extract_code, humaneval_check, judge, mbpp_check, mbpp_entry_point
 
-from sdlm.sft_data import BOXED_INSTRUCTION, MBPP_TEMPLATE  # noqa: E402  (one spelling for SFT data and tasks)
+from sdlm.sft_data import BOXED_INSTRUCTION, HUMANEVAL_INSTRUCTION, MBPP_TEMPLATE  # noqa: E402  (one spelling for SFT data and tasks)
 
-HUMANEVAL_INSTRUCTION = (
-    "Read the following function signature and docstring, and fully implement the function described. "
-    "Your response should only contain the code for this function.\n"
-)
 # gpqa_gen_4baadb, one user turn. OpenCompass fills it by str.replace of "{question}", "{A}" ... "{D}" and then
 # "{answer}" (the output column, replaced by ""), in that order, over the whole text: see gpqa_doc_to_text.
 GPQA_TEMPLATE = (

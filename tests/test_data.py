@@ -182,3 +182,24 @@ def test_no_data_folder_and_no_network_fails_at_once(monkeypatch):
     with pytest.raises(DataNotFoundError, match="hub copy openai/gsm8k .main. is unreachable"):
         load_records("gsm8k", "test")
     assert time.monotonic() - t0 < 3.0
+
+
+def test_mbpp_problem_as_a_humaneval_prompt():
+    """The HumanEval-format SFT prompt of an MBPP problem, written out by hand: the reference's signature, the
+    task text and the tests as doctest examples; a problem without a top-level def of the tested function has
+    none."""
+    from sdlm.sft_data import HUMANEVAL_INSTRUCTION, mbpp_humaneval_prompt
+
+    record = {"text": "Write a function to add two numbers.", "task_id": 600,
+              "code": "import math\r\ndef add_nums(a, b) -> int:\r\n    return a + b\r\n",
+              "test_list": ["assert add_nums(1, 2) == 3", "assert add_nums(0, 0) == 0", "assert not add_nums(0, 0)"]}
+    assert mbpp_humaneval_prompt(record) == (
+        'def add_nums(a, b) -> int:\n'
+        '    """ Write a function to add two numbers.\n'
+        '    >>> add_nums(1, 2)\n    3\n'
+        '    >>> add_nums(0, 0)\n    0\n'
+        '    >>> not add_nums(0, 0)\n    True\n'
+        '    """\n')
+    method = dict(record, code="class S:\n    def add_nums(self, a, b):\n        return a + b\n")
+    assert mbpp_humaneval_prompt(method) is None
+    assert HUMANEVAL_INSTRUCTION.startswith("Read the following function signature and docstring")
