@@ -2,7 +2,8 @@
 # -> one evaluation cell per (model, task, decoder) (+ fidelity.json vs one-token-per-step decoding for SDLM
 # cells) -> aggregate -> report. See README.md "Pipeline".
 #
-#   snakemake --cores all                                  # the CPU demo (config/config.yaml)
+#   snakemake --cores all                                  # the claim run (config/config.yaml), resumable
+#   snakemake --cores all --configfile config/smollm2.yaml # the quick SmolLM2 smoke run
 #   snakemake -n --configfile config/paper.yaml            # the paper reproduction's DAG (dry run)
 #   snakemake --workflow-profile pipeline/profiles/slurm --configfile config/paper.yaml   # on SLURM
 #   snakemake results/cells/<model>/<task>/<decoder>/cell.json                           # one cell

@@ -266,7 +266,7 @@ def test_config_checks_name_key_and_value(change, needle):
 
 def test_a_good_config_passes():
     check_config(BASE, repo=REPO, check_sandbox=False)
-    for name in ("config.yaml", "test.yaml", "demo-qwen.yaml"):
+    for name in ("config.yaml", "smollm2.yaml", "test.yaml", "demo-qwen.yaml"):
         check_config(load_yaml_strict(REPO / "config" / name), repo=REPO, files=[REPO / "config" / name])
 
 

@@ -106,7 +106,7 @@ def write_config(path: Path, **changes) -> Path:
 @pytest.mark.parametrize("name, expected", [
     # every SDLM (model, D, task) adds its one-token-per-step reference cell (eval_reference) and every cell of
     # an SDLM model a fidelity job: demo 2 D x 3 tasks and 20 + 6 + 6 SDLM cells; paper 5 SDLMs x 8 tasks
-    ("config.yaml", {"prepare_model": 1, "prepare_sft": 1, "retrofit": 2, "ar_sft": 1, "eval_confidence": 20,
+    ("smollm2.yaml", {"prepare_model": 1, "prepare_sft": 1, "retrofit": 2, "ar_sft": 1, "eval_confidence": 20,
                      "eval_self_speculative": 6, "eval_ar": 3, "eval_reference": 6, "fidelity": 32, "models_meta": 1,
                      "aggregate": 1, "report": 1, "all": 1, "total": 76}),
     ("paper.yaml", {"prepare_model": 6, "prepare_sft": 1, "retrofit": 2, "ar_sft": 1, "eval_confidence": 320,
@@ -118,9 +118,13 @@ def test_dag_of_shipped_configs(tmp_path, name, expected):
     assert not any(tmp_path.iterdir()) or set(p.name for p in tmp_path.iterdir()) <= {".snakemake"}
 
 
-def test_default_config_is_the_demo(tmp_path):
-    """No --configfile: config/config.yaml (found next to the Snakefile, whatever the working directory)."""
-    assert dry(tmp_path, config=None)["total"] == 76
+def test_default_config_is_the_claim_run(tmp_path):
+    """No --configfile: config/config.yaml (found next to the Snakefile, whatever the working directory): the
+    claim run -- materialise, SFT prompts, self-distillation, one retrofit, 5 HumanEval cells, 4 fidelity files."""
+    assert dry(tmp_path, config=None) == dry(tmp_path, config=REPO / "config" / "config.yaml") == {
+        "prepare_model": 1, "prepare_sft": 1, "distill_sft": 1, "retrofit": 1, "eval_confidence": 2,
+        "eval_self_speculative": 1, "eval_ar": 1, "eval_reference": 1, "fidelity": 4, "models_meta": 1,
+        "aggregate": 1, "report": 1, "all": 1, "total": 17}
 
 
 def test_paper_commands(tmp_path):

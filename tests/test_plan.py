@@ -20,9 +20,25 @@ def plan(name: str) -> Plan:
     return Plan(load_yaml_strict(REPO / "config" / name), REPO)
 
 
-def test_demo_grid():
-    """config/config.yaml: SmolLM2 retrofits with D 4 and 8 plus the AR-SFT baseline; 35 cells."""
+def test_claim_grid():
+    """config/config.yaml, the claim run: the Qwen base model (AR) and its D = 4 retrofit on all of HumanEval,
+    five cells, each SDLM cell paired against the base model's AR cell."""
     p = plan("config.yaml")
+    assert list(p.models) == ["qwen", "qwen-D4"] and list(p.tasks) == ["humaneval_sdlm"]
+    assert [d.name for d in p.decoders("qwen", "humaneval_sdlm")] == ["ar"]
+    assert [d.name for d in p.decoders("qwen-D4", "humaneval_sdlm")] == [
+        "prob_conf_D4_tau0.98", "prob_conf_D4_tau0.9", "self_speculative_D4", "step1_D4"]
+    assert len(p.cells()) == 5 and len(p.fidelity_files()) == 4
+    assert p.models["qwen-D4"].baseline == "qwen" and p.models["qwen"].kind == "ar"
+    assert "--limit" not in shlex.split(p.eval_args("qwen", "humaneval_sdlm", "ar"))  # all 164 problems
+    cmd = p.retrofit_command("qwen", "D4")
+    for flag, value in (("--lr", "2e-05"), ("--max-len", "256"), ("--block-size", "4"), ("--probe-prompts", "16")):
+        assert f"{flag} {value}" in cmd, (flag, cmd)
+
+
+def test_demo_grid():
+    """config/smollm2.yaml: SmolLM2 retrofits with D 4 and 8 plus the AR-SFT baseline; 35 cells."""
+    p = plan("smollm2.yaml")
     assert list(p.models) == ["smollm2-D4", "smollm2-D8", "smollm2-ar"]
     kinds = Counter()
     for m in p.models:
