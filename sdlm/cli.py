@@ -162,7 +162,8 @@ def run_retrofit(args: argparse.Namespace) -> int:
 def add_distill(p: argparse.ArgumentParser) -> None:
     p.add_argument("--base", required=True, help="model whose greedy answers become the targets")
     p.add_argument("--data", required=True, help="chat JSONL or 'gsm8k' (prompts kept, last assistant turn replaced)")
-    p.add_argument("--out", required=True, help="chat JSONL to write (atomically)")
+    p.add_argument("--out", required=True, help="chat JSONL to write (atomically); finished batches are kept in "
+                                                "<out>.partial until then, and a rerun continues from them")
     p.add_argument("--limit", type=positive_int, default=None, help="first N records")
     p.add_argument("--max-new-tokens", type=positive_int, default=320)
     p.add_argument("--batch-size", type=positive_int, default=16)
@@ -177,17 +178,21 @@ def run_distill(args: argparse.Namespace) -> int:
     from sdlm.distill import self_distill
     from sdlm.models import load_model
     from sdlm.provenance import atomic_write_json, atomic_write_jsonl, provenance
+    from sdlm.resume import distill_partial_path
     from sdlm.sft_data import load_sft_records
 
     records = load_sft_records(args.data, limit=args.limit)
     model, tok = load_model(args.base, dtype=args.dtype, device=args.device)
+    partial = distill_partial_path(args.out)
     out, rep = self_distill(model, tok, records, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                            drop_unfinished=args.drop_unfinished, log=sys.stdout)
+                            drop_unfinished=args.drop_unfinished, log=sys.stdout, partial=partial)
     atomic_write_json(Path(args.out).with_suffix(".meta.json"),
                       {"base": args.base, "data": args.data, **rep, "provenance": provenance({k: v for k, v in vars(args).items() if not k.startswith("_")})})
     atomic_write_jsonl(args.out, out)
+    partial.unlink(missing_ok=True)  # the output is complete: nothing left to resume
     print(f"[sdlm] self-distilled {rep['n_records']} records ({rep['new_tokens']} tokens, {rep['unfinished']} "
-          f"unfinished, {rep['seconds']}s) -> {args.out}")
+          f"unfinished, {rep['seconds']}s; {rep['resumed_batches']} of {rep['batches']} batches kept from an earlier "
+          f"run) -> {args.out}")
     return 0
 
 

