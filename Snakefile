@@ -46,5 +46,6 @@ rule all:
     input:
         all_cells(),
         all_fidelity(),
+        all_published(),
         [f"{REPORT_DIR}/{name}" for name, *_ in REPORT_OUTPUTS],
         f"{REPORT_DIR}/cells.csv",

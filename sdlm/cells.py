@@ -24,13 +24,14 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CELL_FILE", "RESULTS_FILE", "FIDELITY_FILE", "TRAINING_FILE", "safe_name", "samples_file", "stats_file",
+__all__ = ["CELL_FILE", "RESULTS_FILE", "FIDELITY_FILE", "TRAINING_FILE", "RESUME_DIR", "safe_name", "samples_file", "stats_file",
            "find_cells", "read_cell_rows", "read_jsonl", "row_file", "cell_identity"]
 
 CELL_FILE = "cell.json"
 RESULTS_FILE = "results.json"
 FIDELITY_FILE = "fidelity.json"
 TRAINING_FILE = "sdlm_training.json"  # a checkpoint's training summary (sdlm.train), beside its weights
+RESUME_DIR = "resume"  # inside a checkpoint folder while training runs: the state a rerun continues from
 
 
 def safe_name(task: str) -> str:

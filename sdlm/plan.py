@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sdlm.decoders import REFERENCE_TAU, Decoder
-from sdlm.cells import CELL_FILE, FIDELITY_FILE, TRAINING_FILE
+from sdlm.cells import CELL_FILE, FIDELITY_FILE, TRAINING_FILE, samples_file, stats_file
 from sdlm.sources import source_kind
 
 __all__ = ["PlanError", "ModelVariant", "Plan", "RES_DEFAULTS"]
@@ -169,6 +169,14 @@ class Plan:
         """fidelity.json of every cell of every SDLM model (AR baselines have none)."""
         return [f"{self.cell_dir(m, t, d)}/{FIDELITY_FILE}" for m in self.models if self.has_fidelity(m)
                 for t in self.tasks for d in self.decoders(m, t)]
+
+    def published_files(self) -> list[str]:
+        """With ``publish: true``: every cell's samples and per-request stats gzipped beside them, the copies a
+        run commits as its evidence (``results/claim/``); none otherwise."""
+        if not self.config.get("publish"):
+            return []
+        return [f"{self.cell_dir(m, t, d)}/{name}.gz" for m in self.models for t in self.tasks
+                for d in self.decoders(m, t) for name in (samples_file(t), stats_file(t))]
 
     def decoder_of_cell(self, model: str, task: str, name: str) -> Decoder:
         """The decoder of a requested cell folder, refused when it is not in this configuration's grid."""

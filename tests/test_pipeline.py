@@ -120,11 +120,12 @@ def test_dag_of_shipped_configs(tmp_path, name, expected):
 
 def test_default_config_is_the_claim_run(tmp_path):
     """No --configfile: config/config.yaml (found next to the Snakefile, whatever the working directory): the
-    claim run -- materialise, SFT prompts, self-distillation, one retrofit, 5 HumanEval cells, 4 fidelity files."""
+    claim run -- materialise, SFT prompts, self-distillation, one retrofit, 5 HumanEval cells, 4 fidelity files,
+    and (publish: true) each cell's samples and stats gzipped for committing."""
     assert dry(tmp_path, config=None) == dry(tmp_path, config=REPO / "config" / "config.yaml") == {
         "prepare_model": 1, "prepare_sft": 1, "distill_sft": 1, "retrofit": 1, "eval_confidence": 2,
-        "eval_self_speculative": 1, "eval_ar": 1, "eval_reference": 1, "fidelity": 4, "models_meta": 1,
-        "aggregate": 1, "report": 1, "all": 1, "total": 17}
+        "eval_self_speculative": 1, "eval_ar": 1, "eval_reference": 1, "fidelity": 4, "publish_cell": 5,
+        "models_meta": 1, "aggregate": 1, "report": 1, "all": 1, "total": 22}
 
 
 def test_paper_commands(tmp_path):
@@ -400,3 +401,21 @@ def test_snakemake_report_and_cli_report(run, tmp_path):
                            "--models", str(wd / "results/report/models.json")], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert (out / "table1.md").read_text() == (wd / "results/report/table1.md").read_text()
+
+
+def test_publish_gzips_every_cell_for_committing(run):
+    """``publish: true`` (the claim config) adds one job per finished cell: its samples and stats gzipped beside
+    them, byte-identical to the files (deterministic gzip: a rerun rewrites the same bytes)."""
+    import gzip
+
+    wd, _ = run
+    proc = smk(wd, "--cores", "1", "--config", "publish=true")
+    assert proc.stdout.count("publish_cell") >= len(CELLS) or "publish_cell" in proc.stderr
+    for cell in CELLS:
+        folder = wd / "results" / "cells" / cell
+        task = cell.split("/")[1]
+        for kind in ("samples", "stats"):
+            plain = folder / f"{kind}_{task}.jsonl"
+            packed = plain.with_name(plain.name + ".gz")
+            assert gzip.decompress(packed.read_bytes()) == plain.read_bytes()
+            assert packed.read_bytes()[4:8] == b"\0\0\0\0"  # no mtime in the header

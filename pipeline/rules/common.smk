@@ -90,6 +90,10 @@ def all_fidelity():
     return PLAN.fidelity_files()
 
 
+def all_published():
+    return PLAN.published_files()
+
+
 @_plan
 def model_ready(wildcards):
     return PLAN.model_ready(wildcards.model)

@@ -46,3 +46,22 @@ rule fidelity:
         mem_mb=1000,
     script:
         "../scripts/fidelity.py"
+
+
+# With `publish: true`: the cell's samples and per-request stats gzipped beside them (deterministic bytes: no
+# time or name in the gzip header), the copies that a published run (results/claim/) commits.
+localrules:
+    publish_cell,
+
+
+rule publish_cell:
+    input:
+        f"{RESULTS}/cells/{{model}}/{{task}}/{{decoder}}/{CELL_FILE}",
+    output:
+        samples=f"{RESULTS}/cells/{{model}}/{{task}}/{{decoder}}/samples_{{task}}.jsonl.gz",
+        stats=f"{RESULTS}/cells/{{model}}/{{task}}/{{decoder}}/stats_{{task}}.jsonl.gz",
+    run:
+        from sdlm.provenance import gzip_copy
+
+        for out in output:
+            gzip_copy(out[: -len(".gz")], out)

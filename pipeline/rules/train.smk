@@ -2,6 +2,8 @@
 # the AR-SFT baseline (`--ar-baseline`, same data, same steps). The checkpoint folder is complete when
 # sdlm_training.json (written last) exists; that file is the rule's output. Training steps stream to the job
 # log ("[sdlm] step i/N ... loss_pos0 .."). The command line comes from sdlm.plan.Plan.retrofit_command.
+# Every `resume_every` steps (default 20) the run saves a resumable state in <checkpoint>/resume/ -- not a
+# declared output, so Snakemake leaves it when it reruns a stopped job, and the same command continues from it.
 
 rule train:
     input:
