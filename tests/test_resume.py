@@ -132,3 +132,88 @@ def test_distill_refuses_kept_batches_of_other_settings(base, distilled, tmp_pat
     assert "discarding" in log and "max_new_tokens" in log
     assert out.read_bytes() == distilled.read_bytes()
     assert json.loads(out.with_suffix(".meta.json").read_text())["resumed_batches"] == 0
+
+
+# ---------------------------------------------------------------------------------------------------- retrofit
+
+TIMINGS = {"train_seconds", "seconds_per_step", "probe_seconds", "train_runtime", "train_samples_per_second",
+           "train_steps_per_second"}
+
+
+def retrofit_cmd(base: Path, out: Path, lr: str = "3e-3") -> list[str]:
+    """40 steps, a resume checkpoint every 5 (log lines every 3: the loss sums cross checkpoints), a kept
+    checkpoint every 10, a TPF probe every 8 steps."""
+    return sdlm("retrofit", "--base", str(base / "model"), "--data", str(base / "chat.jsonl"), "--out", str(out),
+                "--block-size", "2", "--max-steps", "40", "--lr", lr, "--batch-size", "4", "--max-len", "96",
+                "--warmup", "0", "--logging-steps", "3", "--resume-every", "5", "--save-steps", "10",
+                "--probe-every", "8", "--probe-prompts", "4", "--probe-max-new-tokens", "8", "--seed", "0")
+
+
+def without_timings(obj):
+    """A training summary as it must repeat: no wall-clock figures, no resume record, no provenance."""
+    if isinstance(obj, dict):
+        return {k: without_timings(v) for k, v in obj.items()
+                if k not in TIMINGS | {"resumed", "provenance", "out"}}
+    if isinstance(obj, list):
+        return [without_timings(v) for v in obj]
+    return obj
+
+
+def newest_checkpoint(folder: Path) -> int:
+    steps = [int(p.name.split("-")[1]) for p in folder.glob("checkpoint-*") if p.name.split("-")[1].isdigit()]
+    return max(steps, default=0)
+
+
+@pytest.fixture(scope="module")
+def retrofitted(base, tmp_path_factory) -> Path:
+    """The uninterrupted run: the expected checkpoint."""
+    out = tmp_path_factory.mktemp("retrofit_ref") / "ckpt"
+    run_ok(retrofit_cmd(base, out))
+    assert not (out / "resume").exists()  # deleted after the final save
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-10", "checkpoint-20", "checkpoint-30",
+                                                                 "checkpoint-40"]  # --save-steps: kept
+    return out
+
+
+def assert_same_training(out: Path, ref: Path) -> dict:
+    from safetensors.torch import load_file
+
+    got, want = load_file(out / "model.safetensors"), load_file(ref / "model.safetensors")
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k].dtype == want[k].dtype and got[k].equal(want[k]), f"{k} differs"  # bitwise
+    summary = json.loads((out / "sdlm_training.json").read_text())
+    expected = json.loads((ref / "sdlm_training.json").read_text())
+    assert without_timings(summary) == without_timings(expected)
+    assert len(summary["tpf_curve"]) == 6 and summary["train_loss"] is not None  # steps 0, 8, ..., 40
+    assert not (out / "resume").exists()
+    return summary
+
+
+def test_retrofit_killed_and_rerun_ends_where_an_uninterrupted_run_ends(base, retrofitted, tmp_path, rng):
+    out = tmp_path / "ckpt"
+    resume = out / "resume"
+    at = rng.choice([5, 10, 15, 20, 25, 30])
+    kill_when(retrofit_cmd(base, out), lambda: newest_checkpoint(resume) >= at)
+    time.sleep(0)  # the process is gone; what it left is what a power cut leaves (every write was fsynced)
+    kept = newest_checkpoint(resume)
+    assert kept >= at and not (out / "sdlm_training.json").exists()
+    # a save cut short is never resumed from
+    (resume / "incomplete" / "checkpoint-1000").mkdir(parents=True, exist_ok=True)
+    (resume / "incomplete" / "checkpoint-1000" / "trainer_state.json").write_text('{"global_st')
+    log = run_ok(retrofit_cmd(base, out))
+    assert f"resuming from {resume / f'checkpoint-{kept}'}" in log
+    logged = [int(x.split()[2].split("/")[0]) for x in log.splitlines() if x.startswith("[sdlm] step ")]
+    assert logged and min(logged) > kept  # the kept steps were not trained again
+    summary = assert_same_training(out, retrofitted)
+    assert summary["resumed"]["count"] == 1 and summary["resumed"]["from_steps"] == [kept]
+    assert json.loads((retrofitted / "sdlm_training.json").read_text())["resumed"]["count"] == 0
+
+
+def test_retrofit_refuses_the_resume_state_of_another_run(base, retrofitted, tmp_path, rng):
+    out = tmp_path / "ckpt"
+    kill_when(retrofit_cmd(base, out, lr="1e-3"), lambda: newest_checkpoint(out / "resume") >= rng.choice([5, 10]))
+    log = run_ok(retrofit_cmd(base, out))  # another learning rate: the kept state must not be continued
+    assert "discarding the resume state" in log and "differs in: lr" in log
+    summary = assert_same_training(out, retrofitted)
+    assert summary["resumed"]["count"] == 0
