@@ -240,6 +240,14 @@ class Plan:
             raise PlanError(f"sft_data.{dataset}.self_distill.model {d['model']!r} is not a key of models")
         return d
 
+    def distill_dtype(self, dataset: str) -> str | None:
+        """Self-distillation decodes in the dtype the model is evaluated in (its ``eval``, else the config's):
+        the targets are then exactly the answers its AR cell would give to those prompts. None: the loader's
+        default (fp32 on CPU)."""
+        key = self.distill_settings(dataset)["model"]
+        own = (self.config["models"][key].get("eval") or {}).get("dtype")
+        return own or (self.config.get("eval") or {}).get("dtype") or _EVAL_DEFAULTS["dtype"]
+
     def paper_numbers_path(self) -> str | None:
         p = (self.config.get("report") or {}).get("paper_numbers")
         return str(self.repo_path(p)) if p else None

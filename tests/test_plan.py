@@ -128,3 +128,12 @@ def test_configuration_errors_are_one_line():
     cfg["models"]["tiny-D4"] = {"source": "tiny:qwen2", "released": True}
     with pytest.raises(PlanError, match="model key 'tiny-D4' is defined twice"):
         Plan(cfg, REPO)
+
+
+def test_self_distillation_decodes_in_the_evaluation_dtype():
+    """The distilled targets are the answers the model's AR cell gives: same dtype (the claim: bf16 on CPU)."""
+    assert plan("config.yaml").distill_dtype("mbpp_code") == "bf16"
+    assert plan("test.yaml").distill_dtype("gsm8k_tiny") == "fp32"
+    cfg = load_yaml_strict(REPO / "config" / "test.yaml")
+    del cfg["eval"]["dtype"]
+    assert Plan(cfg, REPO).distill_dtype("gsm8k_tiny") is None  # the loader's default (fp32 on CPU)

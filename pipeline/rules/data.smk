@@ -41,6 +41,7 @@ rule distill_sft:
         batch=lambda wc: distill_settings(wc.dataset).get("batch_size", 16),
         drop=lambda wc: "--drop-unfinished" if distill_settings(wc.dataset).get("drop_unfinished") else "",
         device=lambda wc: config.get("eval", {}).get("device", "cpu"),
+        dtype=lambda wc: f"--dtype {PLAN.distill_dtype(wc.dataset)}" if PLAN.distill_dtype(wc.dataset) else "",
     log:
         f"{RESULTS}/logs/distill_sft/{{dataset}}.log",
     benchmark:
@@ -52,5 +53,5 @@ rule distill_sft:
         runtime=PLAN.distill_resources()["runtime"],
     shell:
         "OMP_NUM_THREADS={threads} sdlm distill --base {params.base:q} --data {input.data:q} --out {output:q} "
-        "--max-new-tokens {params.max_new} --batch-size {params.batch} --device {params.device} "
+        "--max-new-tokens {params.max_new} --batch-size {params.batch} --device {params.device} {params.dtype} "
         "--threads {threads} {params.drop} > {log} 2>&1"
