@@ -22,8 +22,13 @@ Behaviour, matching lm-eval's ``hf`` model (``HFLM``) wherever an SDLM does not 
 * Data parallel under ``accelerate launch``: ``rank``/``world_size``/``device`` from accelerate, and the
   ``all_gather``/``gather_object``/``barrier`` hooks that lm-eval >= 0.4.12 calls.
 * ``self.request_stats``: one dict per decoded request (task, doc_id, idx, rank, batch, prompt_tokens,
-  max_gen_toks, finish_reason and :meth:`DecodeStats.to_dict`), for the caller to write
-  (:mod:`sdlm.evaluate` does).
+  max_gen_toks, finish_reason, :meth:`DecodeStats.to_dict` and ``from_earlier_process``), for the caller to
+  write (:mod:`sdlm.evaluate` does).
+* Resuming: with ``self.partial_path`` set (:mod:`sdlm.evaluate` sets it inside the cell folder), every
+  finished batch's texts and stats are appended to that file (:class:`sdlm.resume.PartialLog`, under a header
+  naming the decoder: :meth:`SDLMLM.decoder_identity`), each keyed by its request; a rerun takes a batch whose
+  requests are all kept from the file instead of decoding it (``from_earlier_process: true``; its timings
+  come from the earlier process). Batches are the same as in an uninterrupted run, so the texts are too.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field, fields
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,7 +49,8 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs, postprocess_generated_text
 
 from sdlm.progress import Progress
-from sdlm.provenance import file_sha256
+from sdlm.provenance import config_hash, file_sha256
+from sdlm.resume import PartialLog, folder_fingerprint
 from sdlm.speed import decode_totals
 from sdlm.decoders import ALGS, check_threshold
 from sdlm.decoding import DecodeSettings, generate
@@ -267,6 +274,7 @@ class SDLMLM(TemplateLM):
         self.request_stats: list[dict[str, Any]] = []
         self._batch_counter = 0
         self._warned: set[str] = set()
+        self.partial_path: Path | None = None  # finished batches kept here for a rerun (module doc)
 
     # ---------------------------------------------------------------- construction from lm-eval
     @classmethod
@@ -395,6 +403,16 @@ class SDLMLM(TemplateLM):
             "system_prompt": self.system_prompt,
             "decode_totals": totals,
         }
+
+    def decoder_identity(self) -> dict[str, Any]:
+        """Everything that decides a generated text besides the request: kept texts are reused only when all of
+        it is equal (the checkpoint's files by name, size and mtime: a retrained checkpoint differs)."""
+        return {"job": "eval", "pretrained": self.pretrained, "checkpoint_files": folder_fingerprint(self.checkpoint_path),
+                "config_sha256": self.config_sha256, "alg": self.alg, "block_size": self.block_size,
+                "threshold": self.threshold, "mask_token_id": self.mask_token_id, "causal_attn": self.causal_attn,
+                "dtype": self.dtype_name, "device": self._device.type, "batch_size": self.batch_size,
+                "max_new_tokens": self._max_new_tokens, "max_length": self.max_length, "use_cache": self.use_cache,
+                "add_bos_token": self.add_bos_token, "rank": self.rank, "world_size": self.world_size}
 
     # ---------------------------------------------------------------- tokenization (as HFLM)
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, **kwargs) -> list[int]:
@@ -527,6 +545,15 @@ class SDLMLM(TemplateLM):
             groups.setdefault(key, []).append(j)
 
         texts: list[str | None] = [None] * len(unique_reqs)
+        plog = PartialLog(self.partial_path, self.decoder_identity()) if self.partial_path is not None else None
+        kept = {item["key"]: item for rec in (plog.kept if plog else []) for item in rec["items"]}
+
+        def request_key(j: int, max_gen: int) -> str:
+            req = unique_reqs[j]
+            return config_hash([plog.digest if plog else None, getattr(req, "task_name", None),
+                                getattr(req, "doc_id", None), getattr(req, "idx", None), req.args[0],
+                                json.dumps(req.args[1], sort_keys=True, default=str), max_gen])
+
         pbar = tqdm(total=len(unique_reqs), disable=disable_tqdm or self.rank != 0, desc="generate_until (sdlm)")
         # tqdm's bar redraws in place; a job log gets whole lines: one a minute, with an ETA (sdlm.progress)
         progress = Progress(len(unique_reqs), f"generate_until rank {self.rank}:") if self.rank == 0 else None
@@ -547,25 +574,38 @@ class SDLMLM(TemplateLM):
             members = sorted(members, key=lambda j: -len(ids[j]))  # longest first: memory errors show up at once
             for start in range(0, len(members), self.batch_size):
                 batch = members[start:start + self.batch_size]
-                gens = generate(self._model, self.tokenizer, [ids[j] for j in batch], stop=until,
-                                mask_token_id=self.mask_token_id,
-                                settings=self.decode_settings.with_(max_new_tokens=max_gen, batch_size=len(batch)))
                 bid = self._batch_counter
                 self._batch_counter += 1
-                for j, g in zip(batch, gens):
-                    req = unique_reqs[j]
-                    text = postprocess_generated_text(g.text, until, None)
-                    texts[j] = text
-                    self.cache_hook.add_partial("generate_until", req.args, text)
-                    self.request_stats.append({
-                        "task": getattr(req, "task_name", None), "doc_id": getattr(req, "doc_id", None),
-                        "idx": getattr(req, "idx", None), "rank": self.rank, "batch": bid, "batch_size": len(batch),
-                        "prompt_tokens": len(ids[j]), "max_gen_toks": max_gen, "finish_reason": g.finish_reason,
-                        **g.stats.to_dict(),
-                    })
+                keys = [request_key(j, max_gen) for j in batch]
+                if all(k in kept for k in keys):  # decoded by an earlier process: same batch, same texts
+                    done_items = [kept[k] for k in keys]
+                    rows = [{**item["stats"], "batch": bid, "from_earlier_process": True} for item in done_items]
+                else:
+                    gens = generate(self._model, self.tokenizer, [ids[j] for j in batch], stop=until,
+                                    mask_token_id=self.mask_token_id,
+                                    settings=self.decode_settings.with_(max_new_tokens=max_gen, batch_size=len(batch)))
+                    rows, done_items = [], []
+                    for j, k, g in zip(batch, keys, gens):
+                        req = unique_reqs[j]
+                        rows.append({
+                            "task": getattr(req, "task_name", None), "doc_id": getattr(req, "doc_id", None),
+                            "idx": getattr(req, "idx", None), "rank": self.rank, "batch": bid,
+                            "batch_size": len(batch), "prompt_tokens": len(ids[j]), "max_gen_toks": max_gen,
+                            "finish_reason": g.finish_reason, **g.stats.to_dict(), "from_earlier_process": False,
+                        })
+                        done_items.append({"key": k, "text": postprocess_generated_text(g.text, until, None)})
+                    if plog is not None:
+                        plog.append({"batch": bid, "items": [{**item, "stats": row}
+                                                             for item, row in zip(done_items, rows)]})
+                for j, item, row in zip(batch, done_items, rows):
+                    texts[j] = item["text"]
+                    self.cache_hook.add_partial("generate_until", unique_reqs[j].args, item["text"])
+                    self.request_stats.append(row)
                     pbar.update(1)
                 done += len(batch)
                 if progress is not None:
                     progress.update(done, f"({task})")
         pbar.close()
+        if plog is not None:
+            plog.close()
         return [texts[uniq[id(req)]] for req in requests]  # type: ignore[misc]

@@ -11,6 +11,7 @@ names:
                               cell complete. Each row names its ``model_key`` and ``decoder`` (cells written
                               before these keys existed are read by their folder layout instead).
 * ``fidelity.json``           (pipeline) the cell against its one-token-per-step reference cell
+* ``partial_generations.rank<r>.jsonl``  only while the cell runs: finished generation batches a rerun keeps
 
 Everything that writes or reads these files -- evaluate, fidelity, report -- takes the names from here.
 """
@@ -24,7 +25,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CELL_FILE", "RESULTS_FILE", "FIDELITY_FILE", "TRAINING_FILE", "RESUME_DIR", "safe_name", "samples_file", "stats_file",
+__all__ = ["CELL_FILE", "RESULTS_FILE", "FIDELITY_FILE", "TRAINING_FILE", "RESUME_DIR", "partial_generations_file", "safe_name", "samples_file", "stats_file",
            "find_cells", "read_cell_rows", "read_jsonl", "row_file", "cell_identity"]
 
 CELL_FILE = "cell.json"
@@ -32,6 +33,12 @@ RESULTS_FILE = "results.json"
 FIDELITY_FILE = "fidelity.json"
 TRAINING_FILE = "sdlm_training.json"  # a checkpoint's training summary (sdlm.train), beside its weights
 RESUME_DIR = "resume"  # inside a checkpoint folder while training runs: the state a rerun continues from
+
+
+def partial_generations_file(rank: int) -> str:
+    """A running cell's finished generation batches of one process (sdlm.adapter), kept for a rerun; deleted
+    once ``cell.json`` is written. Not a declared output, so Snakemake leaves it when it reruns the cell."""
+    return f"partial_generations.rank{int(rank)}.jsonl"
 
 
 def safe_name(task: str) -> str:

@@ -12,6 +12,11 @@
 Every file is written atomically (temp file + rename) and a stale ``cell.json`` is deleted before the run,
 so "``cell.json`` exists" means "this cell finished and its other files are complete".
 
+Resuming: while the cell runs, every finished generation batch is kept in ``partial_generations.rank<r>.jsonl``
+in the cell folder (:mod:`sdlm.adapter`, module doc); a rerun of a stopped cell decodes only the rest, and the
+file is deleted after ``cell.json`` is written. Stats rows of kept requests say ``from_earlier_process: true``
+(their timings were measured by that process); ``eval_wall_s`` is the last process's.
+
 Errors a user can cause (unknown task, malformed model_args, bad alg/threshold, missing data directory) are
 raised before the model is loaded, as exceptions with a one-line message; the CLI prints that line.
 """
@@ -26,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sdlm.cells import CELL_FILE, RESULTS_FILE, samples_file, stats_file
+from sdlm.cells import CELL_FILE, RESULTS_FILE, partial_generations_file, samples_file, stats_file
 from sdlm.decoders import Decoder
 from sdlm.provenance import atomic_write_json, atomic_write_jsonl, config_hash, cpu_load, provenance
 from sdlm.scoring.code import take_verdicts
@@ -192,6 +197,7 @@ def evaluate_cell(
     if lm.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / CELL_FILE).unlink(missing_ok=True)  # a failed rerun must not leave an old "complete" marker
+    lm.partial_path = out / partial_generations_file(lm.rank)  # finished batches a rerun keeps
 
     load_start = cpu_load()
     t0 = time.perf_counter()
@@ -228,6 +234,7 @@ def evaluate_cell(
         "chat_template_sha256": config_hash(chat_template) if chat_template else None,
         "system_instruction": system_prompt,
         "eval_wall_s": eval_wall_s,
+        "resumed_requests": sum(bool(r.get("from_earlier_process")) for r in stats),  # decoded by an earlier process
         "sandbox": None if isolation is None else {
             "isolation": isolation,
             "verdicts": {k: v - verdicts_before.get(k, 0) for k, v in sb.verdict_counts().items()
@@ -257,4 +264,6 @@ def evaluate_cell(
         for task in leaf_tasks
     ]
     atomic_write_json(out / CELL_FILE, cells)  # last: its existence marks the cell complete
+    for rank in range(lm.world_size):  # complete: nothing left to resume
+        (out / partial_generations_file(rank)).unlink(missing_ok=True)
     return {"output_dir": str(out), "rows": cells, "results": results}

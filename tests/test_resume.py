@@ -23,7 +23,9 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
        "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-ENV.pop(("SDLM_DIE_WITH"), None)
+ENV.pop("SDLM_DIE_WITH", None)
+DATA_DIR = Path(os.environ.get("SDLM_DATA_DIR") or REPO.parent / "shared" / "data")
+ENV["SDLM_DATA_DIR"] = str(DATA_DIR)
 
 
 @pytest.fixture(scope="module")
@@ -217,3 +219,87 @@ def test_retrofit_refuses_the_resume_state_of_another_run(base, retrofitted, tmp
     assert "discarding the resume state" in log and "differs in: lr" in log
     summary = assert_same_training(out, retrofitted)
     assert summary["resumed"]["count"] == 0
+
+
+# ---------------------------------------------------------------------------------------------------- eval
+
+EVAL_TASKS = ("gsm8k_sdlm", "math500_sdlm")
+TIMING_FIELDS = {"prefill_s", "decode_s", "wall_s", "tokens_per_s", "eval_wall_s", "load", "provenance", "time_utc",
+                 "from_earlier_process", "resumed_requests"}
+
+
+@pytest.fixture(scope="module")
+def sdlm_ckpt(tmp_path_factory) -> str:
+    from sdlm.testing import tiny_sdlm_checkpoint
+
+    return tiny_sdlm_checkpoint(tmp_path_factory.mktemp("resume_sdlm") / "ckpt")
+
+
+def eval_cmd(ckpt: str, out: Path, tau: float = 0.5) -> list[str]:
+    """12 docs of two tasks, 2 requests per batch: 12 batches."""
+    return sdlm("eval", "--model-args", f"pretrained={ckpt},alg=prob_conf,block_size=4,threshold={tau},"
+                                        "max_new_tokens=16,batch_size=2,device=cpu",
+                "--tasks", ",".join(EVAL_TASKS), "--limit", "12", "--output", str(out))
+
+
+def cell_view(cell: Path) -> dict:
+    """Everything of a cell that must repeat: samples, stats and cell rows without wall-clock figures, scores."""
+    def strip(obj):
+        if isinstance(obj, dict):
+            return {k: strip(v) for k, v in obj.items() if k not in TIMING_FIELDS}
+        if isinstance(obj, list):
+            return [strip(v) for v in obj]
+        return obj
+
+    def jsonl(p: Path) -> list:
+        return [json.loads(x) for x in p.read_text().splitlines()]
+
+    results = json.loads((cell / "results.json").read_text())
+    return {
+        "cell": strip(json.loads((cell / "cell.json").read_text())),
+        "results": results["results"], "n-samples": results["n-samples"],
+        **{f"samples_{t}": jsonl(cell / f"samples_{t}.jsonl") for t in EVAL_TASKS},
+        **{f"stats_{t}": strip(jsonl(cell / f"stats_{t}.jsonl")) for t in EVAL_TASKS},
+    }
+
+
+@pytest.fixture(scope="module")
+def evaluated(sdlm_ckpt, tmp_path_factory) -> Path:
+    """The uninterrupted cell: the expected files."""
+    cell = tmp_path_factory.mktemp("eval_ref") / "cell"
+    run_ok(eval_cmd(sdlm_ckpt, cell))
+    assert not list(cell.glob("partial_generations*"))  # deleted once cell.json is written
+    return cell
+
+
+needs_data = pytest.mark.skipif(not (DATA_DIR / "gsm8k" / "test.jsonl").is_file(), reason=f"no benchmark data in {DATA_DIR}")
+
+
+@needs_data
+def test_eval_cell_killed_and_rerun_equals_an_uninterrupted_cell(sdlm_ckpt, evaluated, tmp_path, rng):
+    cell = tmp_path / "cell"
+    partial = cell / "partial_generations.rank0.jsonl"
+    at = rng.randint(2, 10)  # header + at least one batch; 12 batches in all
+    kill_when(eval_cmd(sdlm_ckpt, cell), lambda: lines_in(partial) >= at)
+    assert not (cell / "cell.json").exists()
+    kept = lines_in(partial) - 1
+    log = run_ok(eval_cmd(sdlm_ckpt, cell))
+    assert "resuming from" in log
+    assert cell_view(cell) == cell_view(evaluated)
+    stats = [json.loads(x) for t in EVAL_TASKS for x in (cell / f"stats_{t}.jsonl").read_text().splitlines()]
+    assert sum(r["from_earlier_process"] for r in stats) == 2 * kept  # kept batches were not decoded again
+    assert json.loads((cell / "results.json").read_text())["sdlm"]["resumed_requests"] == 2 * kept
+    ref_stats = [json.loads(x) for t in EVAL_TASKS for x in (evaluated / f"stats_{t}.jsonl").read_text().splitlines()]
+    assert not any(r["from_earlier_process"] for r in ref_stats)
+    assert not partial.exists()
+
+
+@needs_data
+def test_eval_refuses_generations_of_another_decoder(sdlm_ckpt, evaluated, tmp_path, rng):
+    cell = tmp_path / "cell"
+    partial = cell / "partial_generations.rank0.jsonl"
+    kill_when(eval_cmd(sdlm_ckpt, cell, tau=0.9), lambda: lines_in(partial) >= rng.randint(2, 6))
+    log = run_ok(eval_cmd(sdlm_ckpt, cell, tau=0.5))  # another threshold: no kept text may be reused
+    assert "discarding" in log and "threshold" in log
+    assert cell_view(cell) == cell_view(evaluated)
+    assert json.loads((cell / "results.json").read_text())["sdlm"]["resumed_requests"] == 0

@@ -4,6 +4,8 @@
 # sdlm.decoders.Decoder.name: <alg>_D<D>_tau<tau> (confidence), self_speculative_D<D>, ar, and step1_D<D>
 # (one-token-per-step decoding of every SDLM model: the reference of the fidelity files).
 # Evaluation requests stream to the job log (lm-eval's progress bar "generate_until (sdlm)").
+# Finished generation batches are kept in the cell folder (partial_generations.rank<r>.jsonl, not a declared
+# output): the same command after a stop decodes only the rest (README "Resuming a stopped run").
 # Then, beside every cell.json of an SDLM model, fidelity.json: its outputs against its step1_D<D> cell.
 
 
