@@ -26,9 +26,9 @@ Behaviour, matching lm-eval's ``hf`` model (``HFLM``) wherever an SDLM does not 
   write (:mod:`sdlm.evaluate` does).
 * Resuming: with ``self.partial_path`` set (:mod:`sdlm.evaluate` sets it inside the cell folder), every
   finished batch's texts and stats are appended to that file (:class:`sdlm.resume.PartialLog`, under a header
-  naming the decoder: :meth:`SDLMLM.decoder_identity`), each keyed by its request; a rerun takes a batch whose
-  requests are all kept from the file instead of decoding it (``from_earlier_process: true``; its timings
-  come from the earlier process). Batches are the same as in an uninterrupted run, so the texts are too.
+  naming the decoder: :meth:`SDLMLM.decoder_identity`), each keyed by its request and the batch by its requests
+  in order; a rerun takes a batch kept in the file instead of decoding it (``from_earlier_process: true``; its
+  timings come from the earlier process). Batches are the same as in an uninterrupted run, so the texts are too.
 """
 
 from __future__ import annotations
@@ -546,7 +546,7 @@ class SDLMLM(TemplateLM):
 
         texts: list[str | None] = [None] * len(unique_reqs)
         plog = PartialLog(self.partial_path, self.decoder_identity()) if self.partial_path is not None else None
-        kept = {item["key"]: item for rec in (plog.kept if plog else []) for item in rec["items"]}
+        kept = {rec["key"]: rec["items"] for rec in (plog.kept if plog else [])}  # batch key -> its requests
 
         def request_key(j: int, max_gen: int) -> str:
             req = unique_reqs[j]
@@ -577,8 +577,9 @@ class SDLMLM(TemplateLM):
                 bid = self._batch_counter
                 self._batch_counter += 1
                 keys = [request_key(j, max_gen) for j in batch]
-                if all(k in kept for k in keys):  # decoded by an earlier process: same batch, same texts
-                    done_items = [kept[k] for k in keys]
+                batch_key = config_hash(keys)  # these requests, in this order: the batch an uninterrupted run decodes
+                if batch_key in kept:  # decoded by an earlier process: same batch, same texts
+                    done_items = kept[batch_key]
                     rows = [{**item["stats"], "batch": bid, "from_earlier_process": True} for item in done_items]
                 else:
                     gens = generate(self._model, self.tokenizer, [ids[j] for j in batch], stop=until,
@@ -595,8 +596,8 @@ class SDLMLM(TemplateLM):
                         })
                         done_items.append({"key": k, "text": postprocess_generated_text(g.text, until, None)})
                     if plog is not None:
-                        plog.append({"batch": bid, "items": [{**item, "stats": row}
-                                                             for item, row in zip(done_items, rows)]})
+                        plog.append({"batch": bid, "key": batch_key,
+                                     "items": [{**item, "stats": row} for item, row in zip(done_items, rows)]})
                 for j, item, row in zip(batch, done_items, rows):
                     texts[j] = item["text"]
                     self.cache_hook.add_partial("generate_until", unique_reqs[j].args, item["text"])

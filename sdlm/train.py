@@ -186,6 +186,7 @@ class SDLMTrainer(Trainer):
         extra = {"trainer": self._loss_state(), **(self.resume_state() if self.resume_state else {})}
         if self.args.should_save:
             shutil.rmtree(staging / name, ignore_errors=True)
+        self.accelerator.wait_for_everyone()  # before any rank writes its part (DeepSpeed shards)
         self._staging = staging
         try:
             super()._save_checkpoint(model, trial)
@@ -195,14 +196,14 @@ class SDLMTrainer(Trainer):
         if self.args.should_save:
             atomic_write_json(staging / name / RESUME_STATE_FILE, {"step": self.state.global_step, **extra})
             fsync_tree(staging / name)
+            if self.keep_every and self.keep_dir is not None and self.state.global_step % self.keep_every == 0:
+                _link_tree(staging / name, Path(self.keep_dir) / name)  # before the rename: a kill redoes both
             final = run_dir / name
             shutil.rmtree(final, ignore_errors=True)
             os.replace(staging / name, final)
-            fsync_tree(run_dir / INCOMPLETE_DIR)
+            _fsync_dir(staging)
             _fsync_dir(run_dir)
             rotate_checkpoints(str(run_dir), save_total_limit=1)  # keeps the newest: the one just renamed
-            if self.keep_every and self.keep_dir is not None and self.state.global_step % self.keep_every == 0:
-                _link_tree(final, Path(self.keep_dir) / name)
         self.accelerator.wait_for_everyone()
 
 
