@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from sdlm.provenance import atomic_write_text, config_hash
 
-__all__ = ["PartialLog", "differing_keys", "distill_partial_path", "folder_fingerprint", "fsync_tree", "weights_digest"]
+__all__ = ["PartialLog", "differing_keys", "distill_partial_path", "folder_fingerprint", "fsync_path", "fsync_tree", "weights_digest"]
 
 FORMAT = "sdlm-partial-1"  # the header's "format": a file of another layout is discarded, not misread
 
@@ -62,21 +62,22 @@ def differing_keys(old: Any, new: dict[str, Any]) -> str:
     return ", ".join(sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))) or "identity hash"
 
 
+def fsync_path(path: str | os.PathLike) -> None:
+    """fsync one file or folder (a folder: its entries, e.g. after a rename into it)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_tree(folder: str | os.PathLike) -> None:
     """fsync every file under ``folder`` and the folders themselves, so a rename that publishes the folder
     never points at data still in the page cache (power loss)."""
-    for root, dirs, files in os.walk(folder):
+    for root, _, files in os.walk(folder):
         for name in files:
-            fd = os.open(os.path.join(root, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        fd = os.open(root, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fsync_path(os.path.join(root, name))
+        fsync_path(root)
 
 
 class PartialLog:
@@ -138,6 +139,7 @@ class PartialLog:
             if not self.path.exists():
                 header = {"format": FORMAT, "identity_sha256": self.digest, "identity": self.identity}
                 atomic_write_text(self.path, json.dumps(header) + "\n")
+                fsync_path(self.path.parent)  # the new name itself survives a power cut
             self._file = open(self.path, "a", encoding="utf-8")
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()

@@ -178,7 +178,7 @@ class SDLMTrainer(Trainer):
         """transformers' checkpoint, written into ``incomplete/``, completed with ``sdlm_resume.json``, fsynced,
         then renamed into place; older ones are rotated away (transformers' ``rotate_checkpoints``, limit 1)."""
         from sdlm.provenance import atomic_write_json
-        from sdlm.resume import fsync_tree
+        from sdlm.resume import fsync_path, fsync_tree
 
         run_dir = Path(self.args.output_dir)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
@@ -201,28 +201,20 @@ class SDLMTrainer(Trainer):
             final = run_dir / name
             shutil.rmtree(final, ignore_errors=True)
             os.replace(staging / name, final)
-            _fsync_dir(staging)
-            _fsync_dir(run_dir)
+            fsync_path(staging)
+            fsync_path(run_dir)
             rotate_checkpoints(str(run_dir), save_total_limit=1)  # keeps the newest: the one just renamed
         self.accelerator.wait_for_everyone()
 
 
 class _RestoreLossState(TrainerCallback):
-    """Runs first when training begins, after transformers has zeroed the loss accumulators."""
+    """Restores the loss accumulators when training begins, after transformers has zeroed them."""
 
     def __init__(self, trainer: SDLMTrainer):
         self.trainer = trainer
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.trainer._apply_loss_state()
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _link_tree(src: Path, dst: Path) -> None:
