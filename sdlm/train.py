@@ -356,14 +356,17 @@ class SaveAlso(TrainerCallback):
             control.should_save = True
 
 
-def run_identity(cfg: RetrofitConfig, records: Sequence[dict], base_weights_sha256: str, world_size: int) -> dict:
+def run_identity(cfg: RetrofitConfig, records: Sequence[dict], base_weights_sha256: str,
+                 args: TrainingArguments) -> dict:
     """What a resume checkpoint must have been trained with to be continued: every setting but where and how
-    often checkpoints are written, the records and the base weights. Flat, so a refusal names the differences."""
+    often checkpoints are written, the records, the base weights, the device kind, bf16 autocast as resolved
+    here and the number of processes. Flat, so a refusal names the differences."""
     from sdlm.provenance import config_hash
 
     config = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("out", "save_steps", "resume_every")}
     return json.loads(json.dumps({**config, "records_sha256": config_hash(list(records)),
-                                  "base_weights_sha256": base_weights_sha256, "world_size": world_size}, default=str))
+                                  "base_weights_sha256": base_weights_sha256, "device": args.device.type,
+                                  "bf16_autocast": cfg.use_bf16(), "world_size": args.world_size}, default=str))
 
 
 def resume_point(folder: Path, identity: dict, *, stream: Any, may_delete: bool) -> tuple[str | None, dict | None]:
@@ -461,7 +464,7 @@ def retrofit(cfg: RetrofitConfig, *, model: Any = None, tokenizer: Any = None,
     # ---- resuming (module doc): what this process keeps in memory goes into every resume checkpoint
     out = Path(cfg.out)
     args = training_arguments(cfg)
-    identity = run_identity(cfg, all_records, base_sha256, args.world_size) if base_sha256 else None
+    identity = run_identity(cfg, all_records, base_sha256, args) if base_sha256 else None
     ckpt, saved = (resume_point(out / RESUME_DIR, identity, stream=printer.stream, may_delete=args.should_save)
                    if identity else (None, None))
     resumes: list[dict[str, Any]] = []
