@@ -561,17 +561,24 @@ def load_model(source: str | os.PathLike, *, dtype: Any = None, device: str = "c
     return model, tok
 
 
-def check_weights(model: Any, source: Any) -> None:
-    """Every weight finite and the mask token inside the vocabulary: a NaN weight would decode garbage with
-    exit code 0 and score 0; a mask id past the embedding rows fails deep inside a forward."""
+def first_non_finite(model: Any) -> tuple[str, int] | None:
+    """(name, count) of the first parameter holding NaN or inf, or None."""
     import torch
 
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.device.type != "meta" and not bool(torch.isfinite(p).all()):
-                bad = int((~torch.isfinite(p)).sum())
-                raise ModelSourceError(f"checkpoint {str(source)!r} has {bad} non-finite values (NaN/inf) in {name}: "
-                                       "a diverged or corrupt training run")
+                return name, int((~torch.isfinite(p)).sum())
+    return None
+
+
+def check_weights(model: Any, source: Any) -> None:
+    """Every weight finite and the mask token inside the vocabulary: a NaN weight would decode garbage with
+    exit code 0 and score 0; a mask id past the embedding rows fails deep inside a forward."""
+    bad = first_non_finite(model)
+    if bad is not None:
+        raise ModelSourceError(f"checkpoint {str(source)!r} has {bad[1]} non-finite values (NaN/inf) in {bad[0]}: "
+                               "a diverged or corrupt training run")
     mid = sdlm_settings(model.config).mask_token_id
     rows = model.get_input_embeddings().num_embeddings
     if mid is not None and not 0 <= int(mid) < rows:

@@ -56,6 +56,19 @@ INCOMPLETE_DIR = "incomplete"  # <out>/resume/incomplete/checkpoint-N: a save in
 # Loss
 
 
+class TrainingDiverged(ValueError):
+    """A non-finite loss or weight: training stops with one line, and no checkpoint holds the NaNs."""
+
+
+def require_finite_weights(model: Any, step: int) -> None:
+    from sdlm.models import first_non_finite
+
+    bad = first_non_finite(model)
+    if bad is not None:
+        raise TrainingDiverged(f"training diverged: {bad[1]} non-finite values (NaN/inf) in {bad[0]} after step "
+                               f"{step}; nothing saved")
+
+
 def nsp_forward(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Logits of a collated batch: the stock model with our 4-D mask and explicit position ids."""
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -126,6 +139,9 @@ class SDLMTrainer(Trainer):
         else:
             loss = obj_ce.mean()
         if model.training:
+            if not bool(torch.isfinite(loss.detach()).all()):  # before backward: nothing is stepped or saved
+                raise TrainingDiverged(f"training diverged: the loss is {float(loss.detach())} at step "
+                                       f"{self.state.global_step + 1} (lr {self.args.learning_rate:g}); nothing saved")
             self._stats += stats.cpu()
         return (loss, {"logits": logits}) if return_outputs else loss
 
@@ -180,6 +196,7 @@ class SDLMTrainer(Trainer):
         from sdlm.provenance import atomic_write_json
         from sdlm.resume import fsync_path, fsync_tree
 
+        require_finite_weights(model, self.state.global_step)  # a NaN state is never kept to resume from
         run_dir = Path(self.args.output_dir)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         staging = run_dir / INCOMPLETE_DIR
@@ -501,6 +518,7 @@ def retrofit(cfg: RetrofitConfig, *, model: Any = None, tokenizer: Any = None,
     train_s = train_seconds()
 
     model.config.use_cache = True
+    require_finite_weights(model, trainer.state.global_step)
     trainer.save_model(str(out))  # weights (safetensors) + config (SDLM keys) + tokenizer; rank 0 only
     if trainer.is_world_process_zero():
         steps = max(int(trainer.state.global_step), 1)

@@ -294,3 +294,25 @@ def test_bf16_auto_follows_the_hardware(monkeypatch, tmp_path):
     assert RetrofitConfig(base="b", data="d", out="o", bf16=False).use_bf16() is False
     with pytest.raises(ValueError, match="bf16 must be true, false or 'auto'"):
         RetrofitConfig(base="b", data="d", out="o", bf16="yes")
+
+
+@pytest.mark.parametrize("lr, extra, needle", [
+    ("1e30", [], "training diverged: the loss is"),          # weights +-1e30 after step 1: the step-2 loss overflows
+    ("1e39", ["--resume-every", "1"], "non-finite values (NaN/inf) in"),  # weights inf after step 1: no state kept
+])
+def test_a_diverging_retrofit_stops_before_any_save(tiny_folder, tmp_path, capsys, lr, extra, needle):
+    """A diverged retrofit used to save an all-NaN checkpoint with its loss logged 0: now one line, exit 2, and
+    neither the checkpoint nor a resumable state holding the NaNs."""
+    from sdlm.cli import main
+
+    base, data = tiny_folder
+    out = tmp_path / "sdlm"
+    rc = main(["retrofit", "--base", str(base), "--data", str(data), "--out", str(out), "--block-size", "2",
+               "--max-steps", "3", "--max-len", "128", "--lr", lr, "--warmup", "0", "--logging-steps", "1", *extra])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and needle in err and "nothing saved" in err and len(err.splitlines()) == 1, err
+    assert not (out / "sdlm_training.json").exists() and not (out / "model.safetensors").exists()
+    for state in out.rglob("model.safetensors"):  # a state kept before the divergence holds finite weights
+        from safetensors.torch import load_file
+
+        assert all(bool(torch.isfinite(t).all()) for t in load_file(str(state)).values()), state
