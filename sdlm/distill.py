@@ -57,6 +57,8 @@ def self_distill(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]], 
         answers = kept.get(b)
         if answers is not None and len(answers) == len(prompts[start:start + chunk]):
             resumed += 1
+            if progress is not None:
+                progress.skip(len(answers))
         else:
             gens = generate(model, tokenizer, prompts[start:start + chunk], settings=settings)
             answers = [{"text": g.text, "finish_reason": g.finish_reason, "new_tokens": g.stats.new_tokens}

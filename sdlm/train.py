@@ -272,6 +272,7 @@ class LineLogger(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             self._progress = Progress(state.max_steps, "training step", stream=self.stream)
+            self._progress.skip(state.global_step)  # resumed: the steps of earlier processes cost nothing here
 
     def on_step_end(self, args, state, control, **kwargs):
         """At least a line a minute with an ETA, whatever logging_steps says (slow CPU steps)."""

@@ -78,3 +78,17 @@ def test_progress_lines_every_minute_with_an_eta():
     now[0] = 70.0
     assert p.update(10) == "[sdlm] things 10/10 (100%) elapsed 1:10 ETA 0:00"  # the end always prints
     assert out.getvalue().count("\n") == 2
+
+
+def test_progress_eta_after_a_resume_counts_only_this_process():
+    """80 of 447 prompts kept from a stopped run, 16 decoded in 3 minutes: 351 left at 11.25 s each -> 1:05:48,
+    not the 7:51 that counting the kept ones as paid for gave."""
+    import io
+
+    from sdlm.progress import Progress
+
+    now = [0.0]
+    p = Progress(447, "prompts", stream=io.StringIO(), clock=lambda: now[0])
+    p.skip(80)
+    now[0] = 180.0
+    assert p.update(96) == "[sdlm] prompts 96/447 (21%) elapsed 3:00 ETA 1:05:48"
