@@ -19,8 +19,9 @@ import yaml
 
 from sdlm.decoders import check_threshold
 from sdlm.sources import HUB_ID_RE, TINY_ARCHS, source_kind
+from sdlm.tasks import check_task_names, code_tasks
 
-__all__ = ["DEVICE_RE", "ConfigError", "check_config", "check_task_names", "load_yaml_strict", "our_tasks", "code_tasks"]
+__all__ = ["DEVICE_RE", "ConfigError", "check_config", "load_yaml_strict"]
 
 #: the device strings we accept anywhere (configs, model_args); cpu:N is what accelerate gives each CPU process
 DEVICE_RE = re.compile(r"auto|cpu(?::\d+)?|mps(?::\d+)?|cuda(?::(\d+))?")
@@ -57,84 +58,9 @@ def load_yaml_strict(path: str | os.PathLike) -> Any:
 
 
 # ------------------------------------------------------------------------------------------ tasks
-def _task_yaml_fields(folder: Path) -> dict[str, dict[str, str]]:
-    """name -> {'unsafe_code': 'true'|...} of our task YAMLs, read as text (their ``!function`` tags need lm-eval)."""
-    out = {}
-    for f in sorted(folder.glob("*.yaml")):
-        text = f.read_text(encoding="utf-8")
-        m = re.search(r"^task:\s*(\S+)", text, re.MULTILINE)
-        if m:
-            unsafe = re.search(r"^unsafe_code:\s*(\S+)", text, re.MULTILINE)
-            out[m.group(1)] = {"unsafe_code": unsafe.group(1).lower() if unsafe else "false"}
-    return out
-
-
-def our_tasks(folder: Path) -> set[str]:
-    return set(_task_yaml_fields(folder)) | {"sdlm_paper"}
-
-
-def code_tasks(folder: Path) -> set[str]:
-    """Our tasks that execute model-written code (``unsafe_code: true``)."""
-    return {name for name, f in _task_yaml_fields(folder).items() if f["unsafe_code"] == "true"}
-
-
-def _listing(ours: set[str]) -> str:
-    """Our task names for an error message: the documented order (sdlm.tasks.SDLM_TASKS), then any others."""
-    from sdlm.tasks import SDLM_TASKS  # no lm-eval import at module level
-
-    return ", ".join([t for t in SDLM_TASKS if t in ours] + sorted(ours - set(SDLM_TASKS)))
-
-
-def check_task_names(names: Iterable[str], folder: Path) -> None:
-    """Task names: ours (read from ``folder`` in milliseconds), else lm-eval's stock tasks. A name that is not
-    ours but looks like one of ours (a ``_sdlm`` suffix, or a near miss) is a typo: refused at once, without
-    building lm-eval's index (~26 s); only other names pay for that index. ``ValueError`` naming the task."""
-    import difflib
-
-    ours = our_tasks(folder)
-    unknown = [n for n in names if n not in ours and not (Path(n).suffix in (".yaml", ".yml") and Path(n).is_file())]
-    for name in unknown:
-        close = difflib.get_close_matches(name, sorted(ours), n=3, cutoff=0.8)
-        if name.endswith("_sdlm") or close:
-            hint = f"; did you mean {', '.join(close)}?" if close else ";"
-            raise ValueError(f"unknown task {name!r}{hint} available: {_listing(ours)}")
-    if unknown:  # maybe a stock lm-eval task: only then look at lm-eval's index (cached on disk)
-        stock = stock_task_names()
-        for name in unknown:
-            if name not in stock:
-                close = difflib.get_close_matches(name, sorted(ours | stock), n=5, cutoff=0.6)
-                hint = f"; did you mean {', '.join(close)}?" if close else ";"
-                raise ValueError(f"unknown task {name!r}{hint} available: {_listing(ours)}, and lm-eval's "
-                                 "stock tasks (`sdlm lm-eval ls tasks`)")
-
-
-def stock_task_names() -> set[str]:
-    """lm-eval's own task, group and tag names. Indexing them takes lm-eval ~26 s, so the names are kept in
-    ``~/.cache/sdlm/lm_eval_tasks-<version>.json`` (rebuilt when the lm-eval version changes)."""
-    import json
-    from importlib import metadata
-
-    version = metadata.version("lm_eval")
-    cache = Path(os.environ.get("SDLM_CACHE_DIR") or "~/.cache/sdlm").expanduser() / f"lm_eval_tasks-{version}.json"
+def _check_tasks(names: Iterable[str]) -> None:
     try:
-        return set(json.loads(cache.read_text(encoding="utf-8")))
-    except (OSError, ValueError):
-        pass
-    from lm_eval.tasks import TaskManager
-
-    names = sorted(TaskManager(include_defaults=True).all_tasks)
-    try:
-        from sdlm.provenance import atomic_write_text
-
-        atomic_write_text(cache, json.dumps(names))
-    except OSError:
-        pass  # a read-only home: the next run indexes again
-    return set(names)
-
-
-def _check_tasks(names: Iterable[str], folder: Path) -> None:
-    try:
-        check_task_names(list(names), folder)
+        check_task_names(list(names))
     except ValueError as e:
         raise ConfigError(f"config: tasks: {e}") from None
 
@@ -213,7 +139,7 @@ def _check_source(where: str, source: Any, repo: Path, offline: bool) -> None:
 
 # ------------------------------------------------------------------------------------------ entry point
 def check_config(config: Mapping, *, repo: str | os.PathLike, files: Iterable[str | os.PathLike] = (),
-                 tasks_folder: str | os.PathLike | None = None, check_sandbox: bool = True) -> None:
+                 check_sandbox: bool = True) -> None:
     """Raise :class:`ConfigError` (one line) for the first problem found; ``files`` are the YAML files the
     config came from (checked for duplicate keys)."""
     repo = Path(repo)
@@ -221,8 +147,7 @@ def check_config(config: Mapping, *, repo: str | os.PathLike, files: Iterable[st
         load_yaml_strict(f)
     for where, tau, sweep in _taus(config):
         _check_tau(where, tau, sweep)
-    folder = Path(tasks_folder) if tasks_folder else repo / "tasks"
-    _check_tasks(config.get("tasks") or {}, folder)
+    _check_tasks(config.get("tasks") or {})
     _check_device("eval.device", (config.get("eval") or {}).get("device"))
     offline = bool(config.get("offline"))
     for name, m in (config.get("models") or {}).items():
@@ -232,7 +157,7 @@ def check_config(config: Mapping, *, repo: str | os.PathLike, files: Iterable[st
     for name, spec in (config.get("sft_data") or {}).items():
         distill = (spec or {}).get("self_distill") or {}
         _check_device(f"sft_data.{name}.self_distill.device", distill.get("device"))
-    if check_sandbox and set(config.get("tasks") or {}) & (code_tasks(folder) | {"sdlm_paper"}):
+    if check_sandbox and set(config.get("tasks") or {}) & code_tasks():
         from sdlm.scoring.sandbox import SandboxError, isolation
 
         try:

@@ -45,6 +45,7 @@ __all__ = [
     "data_dir",
     "data_file",
     "load_records",
+    "task_records",
 ]
 
 ENV_VAR = "SDLM_DATA_DIR"
@@ -338,3 +339,15 @@ def load_records(
             f"laid out like shared/data that holds {rel}."
         ) from exc
     return _check_fields(bench, [(f"row {i}", r) for i, r in enumerate(rows)], f"the hub copy {hub_name}")
+
+
+def task_records(task: str, *, data_dir: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """The documents of one of our tasks: the benchmark and split its row in :data:`sdlm.tasks.TASKS` names
+    (``data``), read by :func:`load_records`. A task without a data source here (lm-eval's) is a ``ValueError``."""
+    from sdlm.tasks import task_info
+
+    source = task_info(task).data
+    if source is None:
+        raise ValueError(f"task {task!r} is not one of ours: its documents come from lm-eval's own loader")
+    name, split = source
+    return load_records(name, split, data_dir=data_dir)

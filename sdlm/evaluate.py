@@ -44,14 +44,12 @@ from sdlm.sft_data import SYSTEM_PROMPT as DEFAULT_SYSTEM_PROMPT  # noqa: E402  
 # ------------------------------------------------------------------------------------------- tasks
 def _task_manager(names: list[str]):
     """The TaskManager for task names already validated by :func:`sdlm.tasks.resolve_tasks`: lm-eval's ~15k
-    stock tasks are indexed (seconds) only when a name is not one of ours."""
-    from sdlm import tasks as sdlm_tasks
+    stock tasks are indexed (seconds) only when a name is not one of ours (:func:`sdlm.tasks.is_ours`)."""
+    from sdlm.tasks import is_ours, tasks_path
 
-    where = str(sdlm_tasks.tasks_path())
-    tm = _cached_task_manager(False, where)
-    if not all(n in tm.all_tasks or Path(n).is_file() for n in names):
-        tm = _cached_task_manager(True, where)
-    return tm
+    where = str(tasks_path())
+    ours = all(is_ours(n) or Path(n).is_file() for n in names)
+    return _cached_task_manager(not ours, where)
 
 
 @functools.lru_cache(maxsize=2)

@@ -15,10 +15,10 @@ tau <= 1 may change outputs, and this module measures by how much. Per task, fro
 The answer is read from lm-eval's filtered response (``filtered_resps``). Our tasks declare no lm-eval
 filters (their ``process_results`` extracts and scores), so for them ``filtered_resps`` is the raw text and
 the extraction their metric applies is done here with the same :mod:`sdlm.scoring` functions
-(:data:`ANSWER_RULES`): GSM8K the value in the last ``\\boxed{}`` (strict, as ``exact_match``), MATH the
+(each task's ``answer`` in :data:`sdlm.tasks.TASKS`): GSM8K the value in the last ``\\boxed{}`` (strict, as ``exact_match``), MATH the
 content of the last ``\\boxed{}``, HumanEval/MBPP the extracted program, GPQA the chosen letter, IFEval the
-whole response (its checkers read the reply itself). Any other task's answer is its ``filtered_resps`` as
-lm-eval's filters left them.
+whole response (its checkers read the reply itself). An lm-eval stock task's answer is its ``filtered_resps``
+as lm-eval's filters left them; a name that looks like ours but is not in the table is an error.
 
 :func:`write_fidelity` writes ``fidelity.json`` beside a cell's ``cell.json`` (atomically, with provenance);
 the report (:mod:`sdlm.report`) reads it.
@@ -28,66 +28,18 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from sdlm.cells import CELL_FILE, FIDELITY_FILE, read_cell_rows, read_jsonl, row_file
+from sdlm.tasks import Answer, task_info
 
-__all__ = ["ANSWER_RULES", "FIDELITY_FILE", "read_samples", "answer_of", "compare_samples", "cell_fidelity",
+__all__ = ["FIDELITY_FILE", "read_samples", "answer_of", "compare_samples", "cell_fidelity",
            "write_fidelity", "read_fidelity"]
 
 
-
 # ================================================================================================ answers
-def _gsm8k(text: str, doc: Mapping) -> Any:
-    from sdlm.scoring.answers import gsm8k_extract
-
-    value, _ = gsm8k_extract(text)
-    return None if value is None else str(value)
-
-
-def _math(text: str, doc: Mapping) -> Any:
-    from sdlm.scoring.answers import last_boxed
-
-    box = last_boxed(text)
-    return None if box is None else "".join(box.split())
-
-
-def _humaneval(text: str, doc: Mapping) -> Any:
-    from sdlm.scoring.code import extract_code
-
-    return extract_code(text, doc.get("entry_point"))
-
-
-def _mbpp(text: str, doc: Mapping) -> Any:
-    from sdlm.scoring.code import extract_code, mbpp_entry_point
-
-    return extract_code(text, mbpp_entry_point(doc))
-
-
-def _gpqa(text: str, doc: Mapping) -> Any:
-    from sdlm.scoring.choice import first_option
-
-    return first_option(text, "ABCD")
-
-
-def _response(text: str, doc: Mapping) -> Any:
-    return text
-
-
-#: task -> (what "the answer" is, extractor(filtered text, doc)); tasks not listed compare ``filtered_resps``
-ANSWER_RULES: dict[str, tuple[str, Callable[[str, Mapping], Any]]] = {
-    "gsm8k_sdlm": ("value of the last \\boxed{} (sdlm.scoring.answers.gsm8k_extract, strict)", _gsm8k),
-    "math500_sdlm": ("content of the last \\boxed{}, whitespace removed (sdlm.scoring.answers.last_boxed)", _math),
-    "humaneval_sdlm": ("extracted program (sdlm.scoring.code.extract_code)", _humaneval),
-    "humaneval_plus_sdlm": ("extracted program (sdlm.scoring.code.extract_code)", _humaneval),
-    "mbpp_sdlm": ("extracted program (sdlm.scoring.code.extract_code)", _mbpp),
-    "mbpp_full_sdlm": ("extracted program (sdlm.scoring.code.extract_code)", _mbpp),
-    "mbpp_plus_sdlm": ("extracted program (sdlm.scoring.code.extract_code)", _mbpp),
-    "gpqa_sdlm": ("option letter, '' if none (sdlm.scoring.choice.first_option, OpenCompass's pattern order)", _gpqa),
-    "ifeval_sdlm": ("the raw response text (IFEval's checkers read the whole reply)", _response),
-}
 _FILTERED = "lm-eval filtered_resps"
 
 
@@ -100,15 +52,21 @@ def _first_text(resps: Any) -> Any:
     return resps
 
 
+def _answer_rule(task: str | None) -> Answer | None:
+    """The task's answer (:attr:`sdlm.tasks.Task.answer`); None for lm-eval's stock tasks (and no task given):
+    their filtered response is the answer."""
+    return task_info(task).answer if task else None
+
+
 def answer_of(task: str | None, sample: Mapping) -> Any:
-    """The final answer of one logged sample: the task's rule (:data:`ANSWER_RULES`) applied to its filtered
-    response, or the filtered response itself for tasks without a rule."""
+    """The final answer of one logged sample: the task's answer (:mod:`sdlm.tasks`) read from its filtered
+    response, or the filtered response itself for lm-eval's stock tasks."""
     filtered = sample.get("filtered_resps")
-    rule = ANSWER_RULES.get(task or "")
+    rule = _answer_rule(task)
     if rule is None:
         return json.dumps(filtered, sort_keys=True, default=str)
     text = _first_text(filtered)
-    return rule[1](text if isinstance(text, str) else json.dumps(text, default=str), sample.get("doc") or {})
+    return rule.extract(text if isinstance(text, str) else json.dumps(text, default=str), sample.get("doc") or {})
 
 
 # ================================================================================================ samples
@@ -176,7 +134,7 @@ def compare_samples(samples: str | os.PathLike | Iterable[Mapping], reference: s
         "same_answer": (n - len(diff_answer)) / n,
         "n_identical_text": n - len(diff_text),
         "n_same_answer": n - len(diff_answer),
-        "answer": ANSWER_RULES[task][0] if task in ANSWER_RULES else _FILTERED,
+        "answer": rule.what if (rule := _answer_rule(task)) is not None else _FILTERED,
         "differing_text": diff_text,
         "differing_answer": diff_answer,
     }

@@ -44,8 +44,7 @@ def _has(args: list[str], flag: str) -> bool:
 
 def prepare(argv: list[str]) -> list[str]:
     """The lm-eval argument list to run (checks done); ``ValueError`` (one line) for bad input."""
-    from sdlm.config_checks import check_task_names, code_tasks, our_tasks
-    from sdlm.tasks import tasks_path
+    from sdlm.tasks import check_task_names, code_tasks, is_ours, tasks_path
 
     args = list(argv)
     threads = _value(args, "--threads")  # ours, not lm-eval's: torch threads (default: the usable cores)
@@ -61,9 +60,8 @@ def prepare(argv: list[str]) -> list[str]:
     if not args or args[0] != "run":
         return args
     tasks = [t.strip() for t in (_value(args, "--tasks") or "").split(",") if t.strip()]
-    check_task_names(tasks, folder)
-    ours = our_tasks(folder)
-    requested_ours = [t for t in tasks if t in ours]
+    check_task_names(tasks)
+    requested_ours = [t for t in tasks if is_ours(t)]
     if requested_ours:
         metadata = _value(args, "--metadata")
         data_dir = (json.loads(metadata).get("sdlm_data_dir") if metadata else None) or os.environ.get("SDLM_DATA_DIR")
@@ -71,13 +69,12 @@ def prepare(argv: list[str]) -> list[str]:
         if not data_dir and offline:
             raise ValueError("our tasks read their data from SDLM_DATA_DIR (or --metadata '{\"sdlm_data_dir\": ...}'), "
                              "which is not set, and the Hugging Face hub is off (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE)")
-    code = code_tasks(folder) | ({"sdlm_paper"} if code_tasks(folder) else set())
-    ours_code = [t for t in requested_ours if t in code]
+    ours_code = [t for t in requested_ours if t in code_tasks()]
     if ours_code:
         from sdlm.scoring.sandbox import isolation
 
         isolation()  # no usable sandbox: a one-line error now, not after decoding
-        stock = [t for t in tasks if t not in ours]
+        stock = [t for t in tasks if not is_ours(t)]
         if not stock and not _has(args, "--confirm_run_unsafe_code"):
             args.append("--confirm_run_unsafe_code")
     return args

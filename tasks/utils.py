@@ -6,9 +6,9 @@ The prompts copy the OpenCompass configs the SDLM authors ran (spec section 6; o
 ``apply_chat_template=True``, ``system_instruction="You are a helpful assistant."`` and (the lm-eval default with a
 chat template) ``fewshot_as_multiturn=True``, so that the MBPP exemplars are separate user/assistant turns.
 
-Data come from `sdlm.data.load_records` (``SDLM_DATA_DIR``, or the task metadata key ``sdlm_data_dir``, or the
-hub when neither is set); scoring from `sdlm.scoring` (no HF ``code_eval``), IFEval's from lm-eval's own
-``lm_eval.tasks.ifeval`` checkers. No torch.
+Data come from `sdlm.data.task_records` (each task's data source in `sdlm.tasks.TASKS`; ``SDLM_DATA_DIR``, or the
+task metadata key ``sdlm_data_dir``, or the hub when neither is set); scoring from `sdlm.scoring` (no HF
+``code_eval``), IFEval's from lm-eval's own ``lm_eval.tasks.ifeval`` checkers. No torch.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ try:
 except ImportError:  # lm-eval loads this file by path; make the repo importable when it is not installed
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sdlm.data import load_records
+from sdlm.data import task_records
 from sdlm.scoring.answers import gsm8k_gold, gsm8k_score, gsm8k_score_flexible, math_score
 from sdlm.scoring.choice import first_option
 from sdlm.scoring.code import extract_code, humaneval_check, judge, mbpp_check, mbpp_entry_point
@@ -94,57 +94,55 @@ MBPP_FEWSHOT = (
 
 
 # ------------------------------------------------------------------------------------------------ data
-def _dataset_dict(name: str, splits: dict[str, str], kwargs: dict[str, Any]):
-    """``custom_dataset`` hook: lm-eval calls it with the task metadata (+ dataset_kwargs) as kwargs."""
+def _dataset_dict(task: str, kwargs: dict[str, Any]):
+    """``custom_dataset`` hook: lm-eval calls it with the task metadata (+ dataset_kwargs) as kwargs; the documents
+    are the task's data source in sdlm.tasks.TASKS, as lm-eval's test split."""
     import datasets
 
-    directory = kwargs.get("sdlm_data_dir")
-    return datasets.DatasetDict(
-        {lm_split: datasets.Dataset.from_list(load_records(name, split, data_dir=directory))
-         for lm_split, split in splits.items()}
-    )
+    records = task_records(task, data_dir=kwargs.get("sdlm_data_dir"))
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(records)})
 
 
 def load_gsm8k(**kwargs):
-    return _dataset_dict("gsm8k", {"test": "test"}, kwargs)
+    return _dataset_dict("gsm8k_sdlm", kwargs)
 
 
 def load_math500(**kwargs):
-    return _dataset_dict("math500", {"test": "test"}, kwargs)
+    return _dataset_dict("math500_sdlm", kwargs)
 
 
 def load_humaneval(**kwargs):
-    return _dataset_dict("humaneval", {"test": "test"}, kwargs)
+    return _dataset_dict("humaneval_sdlm", kwargs)
 
 
 def load_humaneval_plus(**kwargs):
-    return _dataset_dict("humaneval_plus", {"test": "test"}, kwargs)
+    return _dataset_dict("humaneval_plus_sdlm", kwargs)
 
 
 def load_mbpp_sanitized(**kwargs):
-    return _dataset_dict("mbpp_sanitized", {"test": "test"}, kwargs)
+    return _dataset_dict("mbpp_sdlm", kwargs)
 
 
 def load_mbpp_full(**kwargs):
-    return _dataset_dict("mbpp", {"test": "test"}, kwargs)
+    return _dataset_dict("mbpp_full_sdlm", kwargs)
 
 
 def load_mbpp_plus(**kwargs):
-    return _dataset_dict("mbpp_plus", {"test": "test"}, kwargs)
+    return _dataset_dict("mbpp_plus_sdlm", kwargs)
 
 
 def load_gpqa(**kwargs):
     """GPQA diamond (the hub's / the CSV's only split) as lm-eval's test split, options laid out by `gpqa_docs`."""
     import datasets
 
-    records = load_records("gpqa_diamond", "train", data_dir=kwargs.get("sdlm_data_dir"))
+    records = task_records("gpqa_sdlm", data_dir=kwargs.get("sdlm_data_dir"))
     return datasets.DatasetDict({"test": datasets.Dataset.from_list(gpqa_docs(records))})
 
 
 def load_ifeval(**kwargs):
     """IFEval (its only split, "train") as lm-eval's test split. Fails now, before any model is loaded, when a
     record names an instruction lm-eval does not know, or needs NLTK data that is not installed."""
-    dd = _dataset_dict("ifeval", {"test": "train"}, kwargs)
+    dd = _dataset_dict("ifeval_sdlm", kwargs)
     ifeval_check_instructions(dd["test"]["instruction_id_list"])
     return dd
 

@@ -369,7 +369,7 @@ def ckpt(tmp_path_factory):
                                            ("ifeval_sdlm", "prompt_level_strict_acc,none")])
 def test_tiny_model_cell(task, primary, ckpt, data_dir, tmp_path, monkeypatch):
     from sdlm.evaluate import evaluate_cell
-    from sdlm.report.frame import BENCHMARKS, PRIMARY_METRIC
+    from sdlm.tasks import task_info
 
     monkeypatch.setenv("SDLM_DATA_DIR", str(data_dir))
     out = tmp_path / "cell"
@@ -377,7 +377,7 @@ def test_tiny_model_cell(task, primary, ckpt, data_dir, tmp_path, monkeypatch):
                   [task], limit=2, output_dir=out)
     rows = json.loads((out / "cell.json").read_text())
     assert [r["task"] for r in rows] == [task] and rows[0]["n"] == 2
-    assert PRIMARY_METRIC[task] == primary and BENCHMARKS[task] in ("GPQA", "IFEval")
+    assert task_info(task).metric == primary and task_info(task).label in ("GPQA", "IFEval")
     assert 0.0 <= rows[0]["metrics"][primary] <= 1.0
     samples = [json.loads(line) for line in (out / f"samples_{task}.jsonl").read_text().splitlines()]
     assert len(samples) == 2

@@ -78,17 +78,16 @@ def test_a_mistyped_task_fails_in_seconds(command):
 
 
 def test_task_name_checks_themselves_take_milliseconds(tmp_path, monkeypatch):
-    from sdlm.config_checks import check_task_names, stock_task_names
-    from sdlm.tasks import tasks_path
+    from sdlm.tasks import check_task_names, stock_task_names
 
     monkeypatch.setenv("SDLM_CACHE_DIR", str(tmp_path))
     (tmp_path / "lm_eval_tasks-{}.json".format(__import__("importlib.metadata").metadata.version("lm_eval"))).write_text(
         json.dumps(["gsm8k", "hellaswag"]))  # a warm cache (the first lookup builds it from lm-eval's index)
     t0 = time.monotonic()
-    check_task_names(["gsm8k_sdlm", "hellaswag"], tasks_path())
+    check_task_names(["gsm8k_sdlm", "hellaswag"])
     for bad in ("gsm8k_sldm", "no_such_task"):
         with pytest.raises(ValueError, match=f"unknown task '{bad}'"):
-            check_task_names([bad], tasks_path())
+            check_task_names([bad])
     assert time.monotonic() - t0 < 3.0
     assert stock_task_names() == {"gsm8k", "hellaswag"}
 

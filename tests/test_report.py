@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from sdlm import report as R
+from sdlm.tasks import task_info
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "config" / "paper_numbers.csv"
@@ -21,7 +22,7 @@ HW = {"machine": "x86_64", "cpu_count": 2, "torch_threads": 2}
 def write_cell(root: Path, model: str, task: str, decoder: str, *, alg: str, D: int | None = None,
                tau: float | None = None, acc: float, tpf: float, tps: float, n: int = 10, hw=HW,
                metric: str | None = None) -> Path:
-    metric = metric or R.PRIMARY_METRIC[task]
+    metric = metric or task_info(task).metric
     d = root / model / task / decoder
     d.mkdir(parents=True, exist_ok=True)
     row = {

@@ -79,6 +79,54 @@ def test_task_manager_finds_all_tasks():
     assert sorted(p.stem for p in tasks_path().glob("*.yaml")) == sorted(SDLM_TASKS)
 
 
+def test_the_task_table_is_the_yamls():
+    """sdlm.tasks.TASKS against tasks/*.yaml, read as text: the same names, each tagged sdlm_paper, unsafe_code
+    exactly for the code tasks, the table's metric among the YAML's metrics, the YAML's loader reading the table's
+    data source (a benchmark and split sdlm.data knows); Table-1 columns distinct, labels written out by hand."""
+    import re
+
+    import yaml
+
+    from sdlm import data as sdata
+    from sdlm.tasks import PAPER_TAG, TASKS, table1_columns
+
+    yamls = {}
+    for path in tasks_path().glob("*.yaml"):
+        cfg = yaml.safe_load(path.read_text().replace("!function ", ""))
+        yamls[cfg["task"]] = cfg
+    assert set(yamls) == set(TASKS)
+    loaders = (tasks_path() / "utils.py").read_text()
+    for name, t in TASKS.items():
+        cfg = yamls[name]
+        assert cfg["tag"] == PAPER_TAG, name
+        assert bool(cfg.get("unsafe_code")) == t.runs_code, name
+        assert t.metric.split(",")[0] in [m["metric"] for m in cfg["metric_list"]], name
+        loader = cfg["custom_dataset"].removeprefix("utils.")
+        body = re.search(rf"\ndef {loader}\(\*\*kwargs\):\n(.*?)\n(?=\S)", loaders, re.S).group(1)
+        assert f'"{name}"' in body, (name, loader)  # the loader asks the table for its own task's data
+        bench, split = t.data
+        assert split in sdata.BENCHMARKS[bench].files, name
+    assert sorted(t.column for t in TASKS.values()) == list(range(len(TASKS)))
+    assert table1_columns() == ["GSM8K", "MATH", "GPQA", "HumanEval", "HumanEval+", "MBPP", "MBPP+", "IFEval",
+                                "MBPP-full"]
+
+
+def test_a_name_like_ours_is_an_error_everywhere():
+    """No silent default for a task that looks like ours but is not in the table: the report, fidelity and the
+    data loader all refuse it; an lm-eval stock task is described as one."""
+    from sdlm.data import task_records
+    from sdlm.fidelity import answer_of
+    from sdlm.tasks import UnknownTaskError, task_info
+
+    for use in (task_info, lambda n: answer_of(n, {"filtered_resps": ["x"]}), task_records):
+        with pytest.raises(UnknownTaskError, match="unknown task 'gsm8k_sdlmx'; did you mean gsm8k_sdlm"):
+            use("gsm8k_sdlmx")
+    stock = task_info("hellaswag")
+    assert (stock.kind, stock.metric, stock.answer, stock.label) == ("stock", None, None, "hellaswag")
+    with pytest.raises(ValueError, match="not one of ours"):
+        task_records("hellaswag")
+
+
 def test_no_absolute_paths_in_yamls():
     for path in tasks_path().glob("*.yaml"):
         text = path.read_text()

@@ -34,14 +34,14 @@ default the same model's ``ar`` cell) on the same task and only when both ran on
 from __future__ import annotations
 
 from .figures import FIGURES, _curve_label  # noqa: F401  (tests read the probe-key labels)
-from .frame import (BENCH_ORDER, BENCHMARKS, COLUMNS, PAPER_NUMBERS, PRIMARY_METRIC, add_speedup, aggregate, batch_frame,
+from .frame import (BENCH_ORDER, COLUMNS, PAPER_NUMBERS, add_speedup, aggregate, batch_frame,
                     find_cells, load_models, load_paper_numbers, load_tpf_curves, read_frame, training_files,
                     wilson_interval)
 from .render import FORMATS, REPORT_FILES, TABLES, report, write_report
 from .tables import speed_table, table1, table3
 
 __all__ = [
-    "BENCHMARKS", "BENCH_ORDER", "COLUMNS", "FIGURES", "FORMATS", "PAPER_NUMBERS", "PRIMARY_METRIC", "REPORT_FILES",
+    "BENCH_ORDER", "COLUMNS", "FIGURES", "FORMATS", "PAPER_NUMBERS", "REPORT_FILES",
     "TABLES", "add_speedup", "aggregate", "batch_frame", "find_cells", "load_models", "load_paper_numbers",
     "load_tpf_curves", "read_frame", "report", "speed_table", "table1", "table3", "training_files",
     "wilson_interval", "write_report",

@@ -16,34 +16,10 @@ import pandas as pd
 from sdlm.cells import TRAINING_FILE, cell_identity, find_cells, read_cell_rows, read_jsonl, row_file
 from sdlm.decoders import ALGS, CONFIDENCE_ALGS, Decoder
 from sdlm.speed import batch_walls
+from sdlm.tasks import table1_columns, task_info
 
-#: our task -> the paper's benchmark column (spec section 7)
-BENCHMARKS: dict[str, str] = {
-    "gsm8k_sdlm": "GSM8K",
-    "math500_sdlm": "MATH",
-    "humaneval_sdlm": "HumanEval",
-    "humaneval_plus_sdlm": "HumanEval+",
-    "mbpp_sdlm": "MBPP",
-    "mbpp_plus_sdlm": "MBPP+",
-    "mbpp_full_sdlm": "MBPP-full",  # not in the paper (the paper's MBPP is the sanitized set)
-    "gpqa_sdlm": "GPQA",
-    "ifeval_sdlm": "IFEval",
-}
-
-BENCH_ORDER = ["GSM8K", "MATH", "GPQA", "HumanEval", "HumanEval+", "MBPP", "MBPP+", "IFEval", "MBPP-full"]
-
-#: the metric a task's accuracy column reports (lm-eval "metric,filter" keys)
-PRIMARY_METRIC: dict[str, str] = {
-    "gsm8k_sdlm": "exact_match,none",
-    "math500_sdlm": "math_verify,none",
-    "humaneval_sdlm": "pass_at_1,none",
-    "humaneval_plus_sdlm": "pass_at_1,none",
-    "mbpp_sdlm": "pass_at_1,none",
-    "mbpp_plus_sdlm": "pass_at_1,none",
-    "mbpp_full_sdlm": "pass_at_1,none",
-    "gpqa_sdlm": "exact_match,none",
-    "ifeval_sdlm": "prompt_level_strict_acc,none",  # OpenCompass's summarizers' IFEval number (an inference)
-}
+#: the report's benchmark columns in Table 1's order (spec section 7; the task table's labels by column)
+BENCH_ORDER = table1_columns()
 
 ALG_ORDER = {alg: i for i, alg in enumerate(ALGS)}  # table and figure order: ar, confidence, self-speculative
 
@@ -109,7 +85,9 @@ def _fidelity(cell_dir: Path, task: str, rec: Mapping[str, Any]) -> dict[str, An
 
 
 def _primary(task: str, metrics: Mapping[str, Any]) -> str | None:
-    m = PRIMARY_METRIC.get(task)
+    """The metric a row's accuracy reports: the task's (sdlm.tasks), else (stock tasks, or a cell without it)
+    the first numeric metric lm-eval reported."""
+    m = task_info(task).metric
     if m in metrics:
         return m
     names = [k for k in metrics if "_stderr" not in k and _num(metrics[k]) is not None]
@@ -158,7 +136,7 @@ def _rows_of(path: Path) -> list[dict[str, Any]]:
         row = {
             "model": model,
             "task": task,
-            "benchmark": BENCHMARKS.get(task, task),
+            "benchmark": task_info(task).label,
             "decoder": decoder or _decoder_name(alg, D, tau),
             "alg": alg,
             "block_size": int(D) if D is not None else None,
