@@ -1,4 +1,4 @@
-"""lm-evaluation-harness model ``sdlm``: lm-eval requests -> batches -> :func:`sdlm.decoding.generate`.
+"""lm-evaluation-harness model ``sdlm``: lm-eval requests -> batches -> :func:`sdlm.decoding.generate.decode_batch`.
 
 One class, :class:`SDLMLM`, registered as ``@register_model("sdlm")`` (importing this module registers it).
 Built from model_args such as::
@@ -10,8 +10,12 @@ Accepted keys, their defaults and their meaning: the fields of :class:`ModelArgs
 
 Behaviour, matching lm-eval's ``hf`` model (``HFLM``) wherever an SDLM does not differ:
 
-* ``generate_until`` groups requests by (task, gen_kwargs), sorts each group longest prompt first, decodes it
-  in batches of ``batch_size``, cuts the text at the ``until`` strings (EOS added) and honours each request's
+* How it decodes is one :class:`~sdlm.decoding.DecodeSettings` (``self.settings``): made and validated once from
+  the model_args (:class:`ModelArgs`), resolved once against the checkpoint's config (D, mask token,
+  ``causal_attn``) before the weights load, and passed to every batch.
+* ``generate_until`` groups requests by (task, gen_kwargs), sorts each group longest prompt first
+  (``length_sorted_batches``, the one ordering ``generate()`` uses too), decodes it in batches of
+  ``batch_size``, cuts the text at the ``until`` strings (EOS added) and honours each request's
   ``max_gen_toks`` (capped by ``max_new_tokens``). **Greedy only**: a request asking for sampling
   (``do_sample=True`` or ``temperature > 0``) or beam search is a ``ValueError`` naming the task, never a
   silently greedy answer. Other generation kwargs (``top_p``, ``top_k``) are ignored with a warning.
@@ -36,7 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -52,9 +56,10 @@ from sdlm.progress import Progress
 from sdlm.provenance import config_hash, file_sha256
 from sdlm.resume import PartialLog, folder_fingerprint
 from sdlm.speed import decode_totals
-from sdlm.decoders import ALGS, check_threshold
-from sdlm.decoding import DecodeSettings, generate
-from sdlm.models import _parse_dtype, check_block_size, load_config, load_model, resolve_source, sdlm_settings
+from sdlm.decoders import ALGS
+from sdlm.decoding import DecodeSettings
+from sdlm.decoding.generate import decode_batch, eos_ids, length_sorted_batches
+from sdlm.models import _parse_dtype, load_config, load_model, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -140,10 +145,22 @@ class ModelArgs:
     system_prompt: str | None = _arg(None, "system turn used when the chat has none (lm-eval's --system_instruction wins)")
     use_cache: bool = _arg(True, "KV cache in the decoder")
     add_bos_token: bool | None = _arg(None, "as in lm-eval's hf model: force/skip the tokenizer's special tokens")
+    #: the decoding settings these arguments name (alg, D, tau, batch size, cache), made and validated once by
+    #: :meth:`from_dict`; not a model_args key
+    settings: DecodeSettings | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def keys(cls) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(cls))
+        return tuple(f.name for f in fields(cls) if f.init)
+
+    @classmethod
+    def parse(cls, model_args: str | dict | None) -> "ModelArgs":
+        """``"k=v,..."`` or a dict -> validated arguments (:func:`parse_model_args`, then :meth:`from_dict`)."""
+        return cls.from_dict(parse_model_args(model_args))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The normalised model_args (the keys of :meth:`keys`)."""
+        return {k: getattr(self, k) for k in self.keys()}
 
     @classmethod
     def from_dict(cls, args: dict[str, Any]) -> "ModelArgs":
@@ -156,15 +173,16 @@ class ModelArgs:
         if not isinstance(a.pretrained, (str, os.PathLike)) or not str(a.pretrained).strip():
             raise ValueError(f"model_args needs pretrained=<model folder, hub id or pypi:name>, got {a.pretrained!r}")
         a.pretrained = str(a.pretrained)
-        if not isinstance(a.alg, str) or a.alg not in ALGS:
-            raise ValueError(f"unknown alg {a.alg!r}; choose one of {', '.join(ALGS)}")
         if isinstance(a.batch_size, str) and a.batch_size.startswith("auto"):
             raise ValueError(f"batch_size={a.batch_size!r} is not supported by the sdlm model; pass an integer")
-        a.threshold = check_threshold(a.threshold)
         a.batch_size = _int_arg("batch_size", a.batch_size)
         for name in ("max_batch_size", "block_size", "max_new_tokens", "max_length"):
             setattr(a, name, _int_arg(name, getattr(a, name), allow_none=True))
         a.use_cache = _bool_arg("use_cache", a.use_cache)
+        # the decoder: alg, D and tau validated here, once, by the settings object every later step receives
+        a.settings = DecodeSettings(alg=a.alg, block_size=a.block_size, threshold=a.threshold,
+                                    batch_size=a.batch_size, use_cache=a.use_cache)
+        a.threshold = a.settings.threshold
         a.add_bos_token = _bool_arg("add_bos_token", a.add_bos_token, allow_none=True)
         if a.system_prompt is not None and not isinstance(a.system_prompt, str):
             raise ValueError(f"system_prompt must be a string, got {a.system_prompt!r}")
@@ -186,7 +204,7 @@ class ModelArgs:
 def check_model_args(args: dict[str, Any]) -> dict[str, Any]:
     """Validate the ``sdlm`` model's arguments without loading anything (:class:`ModelArgs`); return them
     normalised, as a dict."""
-    return asdict(ModelArgs.from_dict(args))
+    return ModelArgs.from_dict(args).as_dict()
 
 
 def check_device(device: str) -> None:
@@ -212,15 +230,17 @@ class SDLMLM(TemplateLM):
 
     backend = "causal"
 
-    def __init__(self, **model_args: Any) -> None:
-        """Keyword arguments: the fields of :class:`ModelArgs` (the accepted keys and their defaults)."""
+    def __init__(self, args: ModelArgs | None = None, **model_args: Any) -> None:
+        """``args``: model_args already parsed and validated (:class:`ModelArgs`, as :mod:`sdlm.evaluate` and
+        :meth:`create_from_arg_obj` make them, once); otherwise the keyword arguments are its fields."""
         super().__init__()
-        a = check_model_args(model_args)
-        alg, pretrained = a["alg"], a["pretrained"]
-        self.alg, self.threshold, self._batch_size = alg, a["threshold"], a["batch_size"]
-        self._block_size_arg, self._max_new_tokens, self._max_length_arg = a["block_size"], a["max_new_tokens"], a["max_length"]
-        self.use_cache, self.add_bos_token, self.system_prompt = a["use_cache"], a["add_bos_token"], a["system_prompt"]
-        device = a["device"]
+        if args is not None and model_args:
+            raise ValueError("give the sdlm model either ModelArgs or keyword model_args, not both")
+        a = args if args is not None else ModelArgs.from_dict(model_args)
+        self.pretrained = a.pretrained
+        self._batch_size, self._max_new_tokens, self._max_length_arg = a.batch_size, a.max_new_tokens, a.max_length
+        self.add_bos_token, self.system_prompt = a.add_bos_token, a.system_prompt
+        device = a.device
 
         # ---- data parallel (accelerate launch): one process per device, lm-eval shards the requests
         self.accelerator = None
@@ -243,34 +263,19 @@ class SDLMLM(TemplateLM):
         else:
             check_device(device)
 
-        # ---- model
-        self.pretrained = str(pretrained)
+        # ---- model: its source resolved once; D, the mask token and causal_attn read once from its config, before
+        # the weights load (architecture and block size checked first)
         self.checkpoint_path = resolve_source(self.pretrained)
         self.config_sha256 = file_sha256(self.checkpoint_path / "config.json")
-        config = load_config(self.checkpoint_path)  # architecture and block size checked before the weights load
-        if alg != "ar":
-            d = self._block_size_arg if self._block_size_arg is not None else sdlm_settings(config).block_size
-            if d is not None:
-                check_block_size(config, d)
-        model, tokenizer = load_model(self.checkpoint_path, dtype=a["dtype"], device=device)
+        config = load_config(self.checkpoint_path)
+        #: how this model decodes, resolved against the checkpoint: what generate() receives for every batch
+        self.settings: DecodeSettings = a.settings.resolve(config, source=self.pretrained)
+        model, tokenizer = load_model(self.checkpoint_path, dtype=a.dtype, device=device, config=config)
         self._model, self.tokenizer = model, tokenizer
         self._device = next(model.parameters()).device if device == "auto" else torch.device(device)
         self.dtype_name = str(model.dtype).replace("torch.", "")
-        settings = sdlm_settings(model.config)
-        self.causal_attn = settings.causal_attn
-        self.mask_token_id = settings.mask_token_id
-        if alg == "ar":
-            self.block_size = 1
-        else:
-            self.block_size = self._block_size_arg if self._block_size_arg is not None else settings.block_size
-            if self.block_size is None:
-                raise ValueError(f"alg={alg!r} needs block_size: pass block_size=D (the checkpoint config names none)")
-            if self.mask_token_id is None:
-                raise ValueError(f"alg={alg!r} needs a mask token, but {self.pretrained} has no text_mask_token_id "
-                                 "in its config (not an SDLM checkpoint; use alg=ar or retrofit it)")
+        self._eos = eos_ids(model, tokenizer)
 
-        self.decode_settings = DecodeSettings(alg=alg, block_size=self.block_size, threshold=self.threshold,
-                                              batch_size=self._batch_size, use_cache=self.use_cache)
         self.request_stats: list[dict[str, Any]] = []
         self._batch_counter = 0
         self._warned: set[str] = set()
@@ -289,7 +294,33 @@ class SDLMLM(TemplateLM):
         for k, v in (additional_config or {}).items():
             if v is not None:
                 args.setdefault(k, v)
-        return cls(**args)
+        return cls(ModelArgs.from_dict(args))
+
+    # ---------------------------------------------------------------- the decoder (self.settings)
+    @property
+    def alg(self) -> str:
+        return self.settings.alg
+
+    @property
+    def threshold(self) -> float:
+        return self.settings.threshold
+
+    @property
+    def block_size(self) -> int:
+        """D as resolved (1 for ``alg=ar``)."""
+        return self.settings.block_size
+
+    @property
+    def mask_token_id(self) -> int | None:
+        return self.settings.mask_token_id
+
+    @property
+    def causal_attn(self) -> bool:
+        return self.settings.causal_attn
+
+    @property
+    def use_cache(self) -> bool:
+        return self.settings.use_cache
 
     # ---------------------------------------------------------------- properties lm-eval reads
     @property
@@ -495,7 +526,7 @@ class SDLMLM(TemplateLM):
             self.cache_hook.add_partial("loglikelihood_rolling", req.args, total)
         return out
 
-    # ---------------------------------------------------------------- generation: sdlm.decoding.generate
+    # ---------------------------------------------------------------- generation: sdlm.decoding.generate.decode_batch
     def _warn_once(self, key: str, msg: str) -> None:
         if key not in self._warned:
             self._warned.add(key)
@@ -571,9 +602,8 @@ class SDLMLM(TemplateLM):
                     self._warn_once(f"trunc:{task}", f"task {task}: prompts longer than {max_ctx} tokens are left-truncated")
                     enc = enc[-max_ctx:]
                 ids[j] = enc
-            members = sorted(members, key=lambda j: -len(ids[j]))  # longest first: memory errors show up at once
-            for start in range(0, len(members), self.batch_size):
-                batch = members[start:start + self.batch_size]
+            for positions in length_sorted_batches([len(ids[j]) for j in members], self.batch_size):
+                batch = [members[p] for p in positions]  # longest first: memory errors show up at once
                 bid = self._batch_counter
                 self._batch_counter += 1
                 keys = [request_key(j, max_gen) for j in batch]
@@ -582,9 +612,8 @@ class SDLMLM(TemplateLM):
                     done_items = kept[batch_key]
                     rows = [{**item["stats"], "batch": bid, "from_earlier_process": True} for item in done_items]
                 else:
-                    gens = generate(self._model, self.tokenizer, [ids[j] for j in batch], stop=until,
-                                    mask_token_id=self.mask_token_id,
-                                    settings=self.decode_settings.with_(max_new_tokens=max_gen, batch_size=len(batch)))
+                    gens = decode_batch(self._model, self.tokenizer, [ids[j] for j in batch],
+                                        self.settings.with_budget(max_gen, len(batch)), stop=until, eos=self._eos)
                     rows, done_items = [], []
                     for j, k, g in zip(batch, keys, gens):
                         req = unique_reqs[j]

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Callable
 
 from sdlm.cells import CELL_FILE, TRAINING_FILE
+from sdlm.threads import set_threads
+from sdlm.watchdog import die_with_workflow
 
 EXIT_USAGE = 2
 
@@ -43,27 +42,9 @@ def positive_int(text: str) -> int:
     return v
 
 
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity), not the machine's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
 def add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (default: the cores this process may use)")
-
-
-def set_threads(n: int | None) -> int:
-    """torch's intra-op threads: ``n``, else the usable cores. More threads than free cores make torch's threads
-    wait on each other (measured 0.4-0.9 tokens/s instead of 33-40 on 2 shared cores), so say it."""
-    import torch
-
-    n = n or usable_cores()
-    torch.set_num_threads(n)
-    return n
 
 
 def parse_taus(text: str) -> tuple[float, ...]:
@@ -344,49 +325,18 @@ def _quiet_progress_bars() -> None:
         pass
 
 
-WORKFLOW_PID_ENV = "SDLM_DIE_WITH"  # "pid:starttime" of the Snakemake process that started this job
-
-
-def process_start_time(pid: int) -> str | None:
-    """Field 22 of /proc/<pid>/stat (start time in clock ticks): with the pid, it names one process for good."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _die_with_workflow() -> None:
-    """A pipeline job ends when the Snakemake process that started it is gone (SIGKILLed, a lost node):
-    an orphan would finish outputs that Snakemake has marked incomplete, and the README's recovery (unlock,
-    then the same command) would then refuse them. We SIGTERM ourselves, so cleanup handlers still run."""
-    spec = os.environ.get(WORKFLOW_PID_ENV)
-    if not spec or ":" not in spec:
-        return
-    pid, start = spec.split(":", 1)
-    if not pid.isdigit():
-        return
-
-    def watch() -> None:
-        while process_start_time(int(pid)) == start:
-            time.sleep(1.0)
-        print(f"sdlm: the workflow process {pid} is gone; stopping this job", file=sys.stderr, flush=True)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="sdlm-die-with-workflow", daemon=True).start()
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["lm-eval"]:  # lm-eval's own command line, passed through untouched (sdlm.lm_eval_cli)
         from sdlm.lm_eval_cli import main as lm_eval_main
 
-        _die_with_workflow()
+        die_with_workflow()
         return lm_eval_main(argv[1:])
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # argparse: --help (0) or a usage error (2, message already printed)
         return int(e.code or 0)
-    _die_with_workflow()
+    die_with_workflow()
     if not os.environ.get("SDLM_DEBUG"):
         _quiet_progress_bars()
     try:

@@ -37,7 +37,8 @@ def self_distill(model: Any, tokenizer: Any, records: Sequence[dict[str, Any]], 
     """
     from sdlm.decoding import DecodeSettings, generate
 
-    settings = DecodeSettings(alg="ar", max_new_tokens=max_new_tokens, batch_size=batch_size)  # validated up front
+    # validated up front, resolved against the model once, then passed to every batch
+    settings = DecodeSettings(alg="ar", max_new_tokens=max_new_tokens, batch_size=batch_size).resolve(model.config)
     prompts = [chat_prompt(tokenizer, r) for r in records]
     chunk = max(batch_size, 1)  # one batch per call: a progress line at least once a minute
     kept: dict[int, list[dict]] = {}

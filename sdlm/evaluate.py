@@ -114,7 +114,7 @@ def attach_verdicts(samples: dict[str, list[dict]], verdicts: dict[str, dict]) -
 
 def cell_decoder(lm) -> Decoder:
     """The decoder a model instance evaluates with (its cell folder name is ``.name``)."""
-    return Decoder.of(lm.alg, lm.block_size, lm.threshold)
+    return lm.settings.decoder()
 
 
 def cell_row(task: str, *, lm, results: dict, stats: list[dict], prov: dict, extra: dict) -> dict[str, Any]:
@@ -165,11 +165,11 @@ def evaluate_cell(
     names = list(dict.fromkeys(resolve_tasks(tasks)))  # typos fail in milliseconds, before any heavy import
     import lm_eval
 
-    from sdlm.adapter import SDLMLM, check_model_args, parse_model_args
+    from sdlm.adapter import SDLMLM, ModelArgs, parse_model_args
 
     # ---- validate everything cheap first (model_args, limit, seed, task names), then the data, then load
-    args = parse_model_args(model_args)
-    check_model_args(args)
+    args = parse_model_args(model_args)  # parsed once; recorded as given (the provenance hash reads them)
+    margs = ModelArgs.from_dict(args)  # validated once, the decode settings made once
     if limit is not None:
         if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit > 0 or \
                 (isinstance(limit, float) and limit >= 1 and not limit.is_integer()):
@@ -191,7 +191,7 @@ def evaluate_cell(
         isolation = sb.isolation()  # no usable sandbox: a one-line error now, not after decoding
         verdicts_before = sb.verdict_counts()
 
-    lm = SDLMLM.create_from_arg_obj(args)  # validates alg/threshold/... before loading the model
+    lm = SDLMLM(margs)  # resolves the settings against the checkpoint, then loads it
     if lm.rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         (out / CELL_FILE).unlink(missing_ok=True)  # a failed rerun must not leave an old "complete" marker

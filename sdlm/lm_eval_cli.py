@@ -89,7 +89,7 @@ def main(argv: list[str]) -> int:
             raise
         print(f"sdlm lm-eval: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    from sdlm.cli import set_threads
+    from sdlm.threads import set_threads
 
     set_threads(_THREADS[0])
     import sdlm.adapter  # noqa: F401  (registers the "sdlm" model)

@@ -533,17 +533,19 @@ def load_tokenizer(folder: str | os.PathLike, config: Any = None) -> Any:
 
 
 def load_model(source: str | os.PathLike, *, dtype: Any = None, device: str = "cpu",
-               attn_implementation: str | None = None) -> tuple[Any, Any]:
+               attn_implementation: str | None = None, config: Any = None) -> tuple[Any, Any]:
     """``(model, tokenizer)`` from any source (see module doc), eval mode, never running remote code.
 
     ``dtype``: None -> fp32 on CPU, bf16 elsewhere; also "fp32"/"bf16"/"fp16"/"auto" or a torch dtype.
     ``device``: "cpu", "cuda", "cuda:1", or "auto" (accelerate's ``device_map="auto"`` for big models).
     ``attn_implementation``: default "sdpa" (what the authors trained with); "eager" also works.
+    ``config``: the folder's config as :func:`load_config` read it already (a caller that checked it before
+    loading the weights; read here otherwise).
     """
     from transformers import AutoModelForCausalLM
 
     folder = resolve_source(source)
-    config = load_config(folder)
+    config = config if config is not None else load_config(folder)
     kwargs: dict[str, Any] = dict(config=config, dtype=_parse_dtype(dtype, device), trust_remote_code=False,
                                   attn_implementation=attn_implementation or "sdpa")
     if device == "auto":

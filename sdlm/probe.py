@@ -32,9 +32,9 @@ def measure_tpf(model: Any, tokenizer: Any, prompts: Sequence[str], *, block_siz
     if self_speculative:
         decoders.append(Decoder("self_speculative", block_size))
     out = {}
-    for dec in decoders:
+    for dec in decoders:  # each decoder's settings made from it, resolved against the model once
         settings = DecodeSettings.for_decoder(dec, max_new_tokens=max_new_tokens, batch_size=batch_size)
-        gens = generate(model, tokenizer, list(prompts), settings=settings)
+        gens = generate(model, tokenizer, list(prompts), settings=settings.resolve(model.config))
         tokens = sum(g.stats.new_tokens for g in gens)
         forwards = sum(g.stats.nfe for g in gens)
         out[dec.probe_key] = round(tokens / max(forwards, 1), 4)

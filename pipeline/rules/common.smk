@@ -47,9 +47,9 @@ if config.get("offline"):
         os.environ[_v] = "1"
 os.environ.setdefault("HF_ALLOW_CODE_EVAL", "1")
 os.environ["PYTHONUNBUFFERED"] = "1"  # progress lines reach the job logs as they happen
-# `sdlm` jobs stop when this Snakemake process is gone (sdlm.cli._die_with_workflow), so a SIGKILLed run leaves no
-# job finishing behind its back and `snakemake --unlock` + the same command resumes it.
-from sdlm.cli import WORKFLOW_PID_ENV, process_start_time
+# `sdlm` jobs stop when this Snakemake process is gone (sdlm.watchdog), so a SIGKILLed run leaves no job finishing
+# behind its back and `snakemake --unlock` + the same command resumes it.
+from sdlm.watchdog import WORKFLOW_PID_ENV, process_start_time
 
 os.environ[WORKFLOW_PID_ENV] = f"{os.getpid()}:{process_start_time(os.getpid())}"
 

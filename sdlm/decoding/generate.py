@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 import torch
 
-from sdlm.models import check_block_size, sdlm_settings
-
 from .blocks import CONFIDENCE_ALGS, accept_lengths, confidence_block, greedy, pick, speculative_accept, verify_segments
 from .settings import DecodeSettings
 from .state import DecodeState
@@ -84,45 +82,54 @@ def generate(
 
     How to decode is a :class:`DecodeSettings` (``settings``; defaults: prob_conf, tau 0.98, 256 new tokens,
     batch 8, cached); the keywords of the same names override single fields. ``block_size``/``mask_token_id``/
-    ``causal_attn`` default to the model config's SDLM keys. Prompts are decoded in batches of ``batch_size``
-    grouped by length (results come back in input order; batched output equals unbatched output). A threshold
-    > 1 accepts exactly one token per step.
+    ``causal_attn`` default to the model config's SDLM keys (:meth:`DecodeSettings.resolve`; settings already
+    resolved are used as they are). Prompts are decoded in batches of ``batch_size`` grouped by length (results
+    come back in input order; batched output equals unbatched output). A threshold > 1 accepts exactly one token
+    per step.
     """
     given = dict(alg=alg, block_size=block_size, threshold=threshold, max_new_tokens=max_new_tokens,
-                 batch_size=batch_size, use_cache=use_cache)
-    s = (settings or DecodeSettings()).with_(**{k: v for k, v in given.items() if v is not None})
-    config = sdlm_settings(model.config)
-    d = s.block_size if s.block_size is not None else config.block_size
-    if s.alg != "ar":
-        if d is None:
-            raise ValueError(f"block_size must be a positive integer for alg={s.alg!r}, got None (config has none)")
-        mask_token_id = mask_token_id if mask_token_id is not None else config.mask_token_id
-        if mask_token_id is None:
-            raise ValueError(f"alg={s.alg!r} needs a mask token: the model config has no text_mask_token_id")
-    d = int(d) if s.alg != "ar" else 1
-    check_block_size(model.config, d)
-    causal_attn = config.causal_attn if causal_attn is None else causal_attn
-    eos = list(eos_token_ids) if eos_token_ids is not None else _eos_ids(model, tokenizer)
-
+                 batch_size=batch_size, use_cache=use_cache, causal_attn=causal_attn, mask_token_id=mask_token_id)
+    changes = {k: v for k, v in given.items() if v is not None}
+    s = (settings or DecodeSettings()).with_(**changes) if changes or settings is None else settings
+    s = s.resolve(model.config)
+    eos = list(eos_token_ids) if eos_token_ids is not None else eos_ids(model, tokenizer)
     ids = [_encode(tokenizer, p, add_special_tokens, i) for i, p in enumerate(prompts)]
-    order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
     results: list[Generation | None] = [None] * len(ids)
+    for chunk in length_sorted_batches([len(x) for x in ids], s.batch_size):
+        for i, g in zip(chunk, decode_batch(model, tokenizer, [ids[i] for i in chunk], s, stop=stop, eos=eos)):
+            results[i] = g
+    return results  # type: ignore[return-value]
+
+
+def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices of the prompts in batches of ``batch_size``, longest first (rows of similar length share a batch,
+    and memory errors show up at once): the one ordering of requests, for ``generate()`` and the adapter."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
+def decode_batch(model, tokenizer, ids: Sequence[Sequence[int]], settings: DecodeSettings, *,
+                 stop: Sequence[str] = (), eos: Sequence[int]) -> list[Generation]:
+    """Decode one batch of token-id prompts together, in the given order, with resolved ``settings``
+    (:meth:`DecodeSettings.resolve`); ``eos``: the ids that end a row (:func:`eos_ids`)."""
+    s = settings
+    if not s.resolved:
+        raise ValueError("decode_batch needs resolved settings (DecodeSettings.resolve against the model's config)")
     model.eval()
     with torch.inference_mode():
-        for start in range(0, len(order), s.batch_size):
-            chunk = order[start:start + s.batch_size]
-            state = DecodeState(model, tokenizer, [ids[i] for i in chunk], max_new_tokens=s.max_new_tokens,
-                                block_size=d, causal_attn=causal_attn, eos_ids=eos, stop=list(stop),
-                                use_cache=s.use_cache)
-            if s.alg == "ar":
-                decode_ar(state)
-            elif s.alg in CONFIDENCE_ALGS:
-                decode_confidence(state, alg=s.alg, threshold=s.threshold, block_size=d, mask_id=mask_token_id)
-            else:
-                decode_self_speculative(state, block_size=d, mask_id=mask_token_id)
-            for row, fin in state.results.items():
-                results[chunk[row]] = Generation(fin.text, fin.token_ids, fin.finish_reason, fin.stats)
-    return results  # type: ignore[return-value]
+        state = DecodeState(model, tokenizer, [list(p) for p in ids], max_new_tokens=s.max_new_tokens,
+                            block_size=s.block_size, causal_attn=s.causal_attn, eos_ids=list(eos), stop=list(stop),
+                            use_cache=s.use_cache)
+        if s.alg == "ar":
+            decode_ar(state)
+        elif s.alg in CONFIDENCE_ALGS:
+            decode_confidence(state, alg=s.alg, threshold=s.threshold, block_size=s.block_size, mask_id=s.mask_token_id)
+        else:
+            decode_self_speculative(state, block_size=s.block_size, mask_id=s.mask_token_id)
+    out: list[Generation | None] = [None] * len(ids)
+    for row, fin in state.results.items():
+        out[row] = Generation(fin.text, fin.token_ids, fin.finish_reason, fin.stats)
+    return out  # type: ignore[return-value]
 
 
 def _encode(tokenizer, prompt, add_special_tokens: bool, i: int) -> list[int]:
@@ -132,7 +139,7 @@ def _encode(tokenizer, prompt, add_special_tokens: bool, i: int) -> list[int]:
     return [int(t) for t in ids]
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def eos_ids(model, tokenizer) -> list[int]:
     """EOS ids from the tokenizer and the generation config (Qwen2.5 has two: <|im_end|> and <|endoftext|>)."""
     out: set[int] = set()
     for src in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):

@@ -1,9 +1,19 @@
-"""How to decode, validated once: the settings object that ``generate()``, the lm-eval adapter, the TPF probe
-and self-distillation all pass around (one threshold rule, one set of defaults)."""
+"""How to decode, validated once and resolved once: the settings object that ``generate()``, the lm-eval adapter,
+the TPF probe and self-distillation all pass down (one threshold rule, one set of defaults, one reading of the
+checkpoint's SDLM keys).
+
+A :class:`DecodeSettings` is made in one of three ways -- from Python (the constructor), from a config cell's
+:class:`~sdlm.decoders.Decoder` (:meth:`DecodeSettings.for_decoder`), or from the ``sdlm`` model's model_args
+(:class:`sdlm.adapter.ModelArgs` builds it) -- and validated when it is made. :meth:`DecodeSettings.resolve`
+then fills in what the checkpoint decides (D when none was given, the mask token, ``causal_attn``) once, against
+its config; whoever holds the resolved settings decodes with them as they are.
+"""
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
+from typing import Any
 
 from sdlm.decoders import ALGS, Decoder, check_threshold
 
@@ -20,7 +30,8 @@ def _positive(name: str, value: object) -> int:
 class DecodeSettings:
     """``alg`` (``sdlm.decoders.ALGS``); ``block_size`` D (None: the checkpoint's); ``threshold`` tau, a finite
     number > 0 (> 1 accepts one token per step); ``max_new_tokens`` per request; ``batch_size`` requests decoded
-    together; ``use_cache`` (False recomputes every step: the reference path)."""
+    together; ``use_cache`` (False recomputes every step: the reference path); ``mask_token_id`` and
+    ``causal_attn`` (None: the checkpoint's, filled in by :meth:`resolve`)."""
 
     alg: str = "prob_conf"
     block_size: int | None = None
@@ -28,6 +39,8 @@ class DecodeSettings:
     max_new_tokens: int = 256
     batch_size: int = 8
     use_cache: bool = True
+    mask_token_id: int | None = None
+    causal_attn: bool | None = None
 
     def __post_init__(self) -> None:
         if self.alg not in ALGS:
@@ -49,6 +62,48 @@ class DecodeSettings:
         """A copy with some settings changed (validated again)."""
         return replace(self, **changes)
 
+    def with_budget(self, max_new_tokens: int, batch_size: int) -> "DecodeSettings":
+        """A copy for one batch: another token budget and batch size, only those checked (the rest was validated,
+        and resolved, when these settings were made)."""
+        out = copy.copy(self)
+        object.__setattr__(out, "max_new_tokens", _positive("max_new_tokens", max_new_tokens))
+        object.__setattr__(out, "batch_size", _positive("batch_size", batch_size))
+        return out
+
     def decoder(self, block_size: int | None = None) -> Decoder:
         """The :class:`~sdlm.decoders.Decoder` these settings decode with (D: given, else ours)."""
         return Decoder.of(self.alg, block_size if block_size is not None else self.block_size, self.threshold)
+
+    # ---------------------------------------------------------------- against the checkpoint
+    @property
+    def resolved(self) -> bool:
+        """D (1 for ``ar``), the mask token (where the algorithm needs one) and ``causal_attn`` are known."""
+        if self.causal_attn is None:
+            return False
+        return self.block_size == 1 if self.alg == "ar" else (self.block_size is not None and self.mask_token_id is not None)
+
+    def resolve(self, config: Any, *, source: str | None = None) -> "DecodeSettings":
+        """These settings with the checkpoint's SDLM keys filled in, read once from its ``config``: D (``alg=ar``
+        decodes one token per step: D = 1), the mask token, ``causal_attn``; values already given win. One-line
+        ``ValueError`` when an SDLM algorithm finds no D or no mask token, or D does not fit the context;
+        ``source`` names the checkpoint in those messages."""
+        from sdlm.models import check_block_size, sdlm_settings
+
+        if self.resolved:
+            return self
+        keys = sdlm_settings(config)
+        d = 1 if self.alg == "ar" else (self.block_size if self.block_size is not None else keys.block_size)
+        mask = self.mask_token_id if self.mask_token_id is not None else keys.mask_token_id
+        what = source or "the model"
+        if self.alg != "ar":
+            if d is None:
+                raise ValueError(f"alg={self.alg!r} needs block_size: pass block_size=D ({what}'s config names none)")
+            if mask is None:
+                raise ValueError(f"alg={self.alg!r} needs a mask token, but {what} has no text_mask_token_id in its "
+                                 "config (not an SDLM checkpoint; use alg=ar or retrofit it)")
+        check_block_size(config, d)
+        out = copy.copy(self)
+        for name, value in (("block_size", int(d)), ("mask_token_id", mask),
+                            ("causal_attn", keys.causal_attn if self.causal_attn is None else bool(self.causal_attn))):
+            object.__setattr__(out, name, value)
+        return out
