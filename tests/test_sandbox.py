@@ -116,6 +116,27 @@ def test_values_cross_as_plain_data(isolation):
     assert res.passed, res
 
 
+def test_big_ints_cross_both_ways(isolation):
+    """Decimal JSON stops at 4,300 digits (Python's int/str limit): HumanEval+ 83 and 139 compare ints of
+    10,000+ digits, and their reference solutions failed with "Exceeds the limit" until big ints crossed as hex."""
+    program = "def f(x):\n    return x + 1\ndef g():\n    return -(7 ** 20000)\n"
+    tests = ("assert f(10 ** 5000) == 10 ** 5000 + 1\nassert g() == -(7 ** 20000)\n"
+             "assert f(2 ** 1024) == 2 ** 1024 + 1 and f(-(2 ** 1025)) == 1 - 2 ** 1025\n")
+    res = check_program(program, tests)
+    assert res.passed, res
+
+
+@pytest.mark.slow
+@needs_data
+def test_humaneval_plus_big_int_references_pass():
+    from sdlm.data import load_records
+
+    records = {r["task_id"]: r for r in load_records("humaneval_plus", "test", data_dir=DATA)}
+    results = run_checks([humaneval_parts(records[t], records[t]["canonical_solution"])
+                          for t in ("HumanEval/83", "HumanEval/139")], workers=2, timeout=60.0, memory_mb=4096)
+    assert all(r.passed for r in results), results
+
+
 @pytest.mark.parametrize("forged_return", [
     "class Eq:\n    def __eq__(self, other):\n        return True\n    __hash__ = None\ndef f(x):\n    return Eq()",
     "class I(int):\n    def __eq__(self, other):\n        return True\ndef f(x):\n    return I(0)",
