@@ -47,5 +47,5 @@ rule all:
         all_cells(),
         all_fidelity(),
         all_published(),
-        [f"{REPORT_DIR}/{name}" for name, *_ in REPORT_OUTPUTS],
+        [f"{REPORT_DIR}/{o.name}" for o in REPORT_OUTPUTS],
         f"{REPORT_DIR}/cells.csv",

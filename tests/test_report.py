@@ -4,6 +4,7 @@ beside matching configurations only, speed-ups, rendering (md, LaTeX, HTML, PNG)
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -192,7 +193,8 @@ def test_batches(cells):
 def test_write_report(cells, tmp_path):
     out = tmp_path / "report"
     frame = R.report(cells, out, paper=PAPER, models=MODELS)
-    assert sorted(p.name for p in out.iterdir()) == sorted([*R.REPORT_FILES, "cells.csv", "batches.csv"])
+    assert sorted(p.name for p in out.iterdir()) == sorted([*R.REPORT_FILES, "cells.csv", "batches.csv", "problems.csv",
+                                                            "load.csv"])
     md = (out / "table1.md").read_text()
     paper_row = [line for line in md.splitlines() if "| paper " in line and "84.6 (2.15)" in line]
     assert len(paper_row) == 1 and "| SD D=4 " in paper_row[0] and "| conf 0.98 " in paper_row[0]
@@ -210,6 +212,41 @@ def test_write_report(cells, tmp_path):
     write_cell(cells, "m_x", "gsm8k_sdlm", "ar", alg="ar", acc=0.1, tpf=1.0, tps=10.0)
     R.report(cells, out)
     assert "m\\_x" in (out / "table1.tex").read_text()
+
+
+def test_the_report_reads_only_what_aggregation_gathered(cells, tmp_path):
+    """Aggregation gathers the paired outcomes and the load figures with the frame (problems.csv, load.csv); the
+    report rendered from the four gathered files alone, the cell folders gone, is byte for byte the report rendered
+    beside the cells -- won/lost counts and the busy mark included."""
+    def scores(decoder: str, model: str, right: list[int]) -> None:
+        folder = cells / model / "gsm8k_sdlm" / decoder
+        (folder / "samples_gsm8k_sdlm.jsonl").write_text("".join(
+            json.dumps({"doc_id": i, "exact_match": float(i in right), "filter": "none"}) + "\n" for i in range(10)))
+
+    scores("ar", "base-ar", [0, 1, 2, 3])
+    scores("self_speculative_D4", "sd-D4", [0, 1, 2, 5, 6, 7])  # wins 5, 6, 7; loses 3
+    busy = cells / "sd-D4" / "gsm8k_sdlm" / "prob_conf_D4_tau0.9" / "cell.json"
+    rows = json.loads(busy.read_text())
+    rows[0]["load"] = {"start": {"loadavg": [3.9, 2.0, 1.0], "usable_cores": 2}, "end": {"loadavg": [2.2], "usable_cores": 2}}
+    busy.write_text(json.dumps(rows))
+
+    beside = tmp_path / "beside"
+    R.report(cells, beside, paper=PAPER, models=MODELS)
+    problems = pd.read_csv(beside / "problems.csv")
+    assert len(problems) == 20 and set(problems.metric) == {"exact_match,none"}  # the two cells with samples
+    load = pd.read_csv(beside / "load.csv")
+    assert len(load) == 18 and load.start_loadavg.notna().sum() == 1
+    speed = (beside / "speed.md").read_text()
+    assert "| 3 / 1 " in speed and "*" in speed
+
+    cells.rename(tmp_path / "gone")
+    g = R.read_gathered(*(beside / name for name in ("cells.csv", "batches.csv", "problems.csv", "load.csv")))
+    alone = tmp_path / "alone"
+    R.write_report(g.cells, alone, paper=R.load_paper_numbers(PAPER), models=MODELS, batches=g.batches,
+                   problems=g.problems, loads=g.loads)
+    for name in R.REPORT_FILES:  # pandas' Styler gives every HTML table a random id: the rest is equal
+        unid = (lambda b: re.sub(rb"T_[0-9a-f]{5}", b"T_id", b)) if name.endswith(".html") else (lambda b: b)
+        assert unid((alone / name).read_bytes()) == unid((beside / name).read_bytes()), name
 
 
 def test_empty_report(tmp_path):
@@ -356,7 +393,7 @@ def test_tpf_curves_and_figure(cells, tmp_path):
     assert (r.tpf, r.train_seconds, r.n_prompts, r.max_new_tokens) == (pytest.approx(1.2 + 3 * 0.2 * 8), 80.0, 8, 96)
     assert R.load_tpf_curves(list(files.values())).model.tolist() == curves.model.tolist()  # key = folder name
     assert R.load_tpf_curves([files["base-ar"]]).empty and R.load_tpf_curves(None).empty
-    assert R._curve_label("prob_conf_tau0.82") == "conf 0.82" and R._curve_label("self_speculative") == "self-spec"
+    assert R.curve_label("prob_conf_tau0.82") == "conf 0.82" and R.curve_label("self_speculative") == "self-spec"
 
     out = tmp_path / "rep"
     R.write_report(R.aggregate(cells), out, models=MODELS, training=files)

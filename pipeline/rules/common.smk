@@ -142,15 +142,13 @@ def distill_settings(dataset):
 
 # ---------------------------------------------------------------------------------------------- report
 REPORT_DIR = f"{RESULTS}/report"
-# (file, caption, category, subcategory); must equal sdlm.report.REPORT_FILES (tests check it)
-REPORT_OUTPUTS = [
-    (f"{t}.{ext}", f"../report/{t}.rst", "Tables", {"table1": "Table 1 (accuracy, TPF)", "table3": "Table 3 (self-speculative)",
-                                                    "speed": "Speed"}[t])
-    for t in ("table1", "table3", "speed") for ext in ("md", "tex", "html")
-] + [
-    ("fig_tau_ablation.png", "../report/fig_tau_ablation.rst", "Figures", "tau ablation"),
-    ("fig_throughput.png", "../report/fig_throughput.rst", "Figures", "throughput"),
-    ("fig_tpf_vs_steps.png", "../report/fig_tpf_vs_steps.rst", "Figures", "TPF vs training steps"),
-    ("fig_claim.png", "../report/fig_claim.rst", "Figures", "accuracy vs TPF (the claim)"),
-    ("provenance.md", "../report/provenance.rst", "Provenance", "runs"),
-]
+# every file of the report folder, with its caption (sdlm.report.outputs: render.py writes exactly these)
+from sdlm.report.outputs import AGGREGATE_OUTPUTS, REPORT_OUTPUTS
+
+
+def report_file(o):
+    """An output of the report folder, marked for `snakemake --report` when it has a caption."""
+    path = f"{REPORT_DIR}/{o.name}"
+    if o.caption is None:
+        return path
+    return report(path, caption=f"../report/{o.caption}", category=o.category, subcategory=o.subcategory)

@@ -1,7 +1,9 @@
-# Stage 5: aggregate and report. models.json (model metadata from the config) + every cell.json of the grid
-# (+ the fidelity.json beside each SDLM cell) -> results/report/cells.csv (one row per cell and task,
-# provenance columns included) and batches.csv (per decoded batch) -> tables (Markdown, LaTeX, HTML) and
-# figures (the TPF-vs-steps one from the checkpoints' sdlm_training.json), all marked for `snakemake --report`.
+# Stage 5: aggregate and report. Every cell.json of the grid (+ the fidelity.json beside each SDLM cell) ->
+# results/report/cells.csv (one row per cell and task, provenance columns included), batches.csv (per decoded
+# batch), problems.csv (every problem's score: the paired comparison with the AR baseline) and load.csv (the
+# machine's load while each cell ran) -- the only rule that opens the cell folders. Then those files +
+# models.json (model metadata from the config) + the checkpoints' sdlm_training.json -> tables (Markdown, LaTeX,
+# HTML) and figures; the report rule declares every file it reads. File names and captions: sdlm.report.outputs.
 
 
 rule models_meta:
@@ -20,8 +22,7 @@ rule aggregate:
         cells=all_cells(),
         fidelity=all_fidelity(),  # read beside each cell.json by sdlm.report.aggregate
     output:
-        cells=report(f"{REPORT_DIR}/cells.csv", caption="../report/cells.rst", category="Data", subcategory="cells"),
-        batches=f"{REPORT_DIR}/batches.csv",
+        **{o.key: report_file(o) for o in AGGREGATE_OUTPUTS},
     log:
         f"{RESULTS}/logs/report/aggregate.log",
     benchmark:
@@ -35,14 +36,12 @@ rule aggregate:
 
 rule report:
     input:
-        cells=f"{REPORT_DIR}/cells.csv",
-        batches=f"{REPORT_DIR}/batches.csv",
+        **{o.key: f"{REPORT_DIR}/{o.name}" for o in AGGREGATE_OUTPUTS},  # everything it reads of the cells
         models=f"{REPORT_DIR}/models.json",
         paper=[p for p in [PLAN.paper_numbers_path()] if p],
         training=list(PLAN.training_summaries().values()),  # TPF probe curves (fig_tpf_vs_steps.png)
     output:
-        **{name.replace(".", "_"): report(f"{REPORT_DIR}/{name}", caption=cap, category=cat, subcategory=sub)
-           for name, cap, cat, sub in REPORT_OUTPUTS},
+        **{o.key: report_file(o) for o in REPORT_OUTPUTS},
     params:
         out=lambda wc, output: os.path.dirname(output[0]),
         table3_tau=(config.get("report") or {}).get("table3_tau", 0.98),

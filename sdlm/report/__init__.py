@@ -9,6 +9,10 @@ task (its existence means the cell is complete; directories without it are ignor
   accuracy (primary metric x 100), TPF, tokens/s, all lm-eval metrics (``metric:<name>``), and provenance
   columns (cell path, git commit, config hash, versions, hardware, seed, time).
 * :func:`batch_frame` -> one row per decoded batch (from ``stats_<task>.jsonl``): tokens/s vs batch size.
+* :mod:`sdlm.report.gather`: aggregation writes the frame, the batches, every problem's score and the load while
+  each cell ran (``cells.csv``, ``batches.csv``, ``problems.csv``, ``load.csv``), so that rendering reads only
+  those files; :mod:`sdlm.report.outputs` lists every file of the report folder once (the pipeline's rules
+  declare them from it); :mod:`sdlm.report.labels` holds every label and caption.
 * :func:`table1` (accuracy per benchmark, TPF in parentheses, per model/D/tau -- the paper's Table 1),
   :func:`table3` (AR vs confidence vs self-speculative -- Table 3) and :func:`speed_table` (the three speed
   numbers of the honest-throughput rules: TPF, end-to-end tokens/s, decode tokens/s, plus the speed-up
@@ -33,16 +37,26 @@ default the same model's ``ar`` cell) on the same task and only when both ran on
 
 from __future__ import annotations
 
-from .figures import FIGURES, _curve_label  # noqa: F401  (tests read the probe-key labels)
-from .frame import (BENCH_ORDER, COLUMNS, PAPER_NUMBERS, add_speedup, aggregate, batch_frame,
-                    find_cells, load_models, load_paper_numbers, load_tpf_curves, read_frame, training_files,
-                    wilson_interval)
-from .render import FORMATS, REPORT_FILES, TABLES, report, write_report
-from .tables import speed_table, table1, table3
+import importlib
+from typing import Any
 
-__all__ = [
-    "BENCH_ORDER", "COLUMNS", "FIGURES", "FORMATS", "PAPER_NUMBERS", "REPORT_FILES",
-    "TABLES", "add_speedup", "aggregate", "batch_frame", "find_cells", "load_models", "load_paper_numbers",
-    "load_tpf_curves", "read_frame", "report", "speed_table", "table1", "table3", "training_files",
-    "wilson_interval", "write_report",
-]
+#: name -> the submodule that defines it. Imported when first used (PEP 562), so that the pipeline can read
+#: :mod:`sdlm.report.outputs` (stdlib) while it builds its DAG without importing pandas.
+_WHERE = {
+    **dict.fromkeys(["BENCH_ORDER", "COLUMNS", "PAPER_NUMBERS", "add_speedup", "aggregate", "batch_frame", "find_cells",
+                     "load_models", "load_paper_numbers", "load_tpf_curves", "read_frame", "training_files",
+                     "wilson_interval"], "frame"),
+    **dict.fromkeys(["AGGREGATE_OUTPUTS", "FIGURES", "FORMATS", "REPORT_FILES", "REPORT_OUTPUTS", "TABLES"], "outputs"),
+    **dict.fromkeys(["Gathered", "gather", "read_gathered", "write_gathered"], "gather"),
+    **dict.fromkeys(["curve_label"], "labels"),
+    **dict.fromkeys(["report", "write_report"], "render"),
+    **dict.fromkeys(["speed_table", "table1", "table3"], "tables"),
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'sdlm.report' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)

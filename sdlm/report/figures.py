@@ -10,12 +10,11 @@ from typing import Any
 
 import pandas as pd
 
-from sdlm.decoders import CONFIDENCE_ALGS, is_one_token, probe_key_label
+from sdlm.decoders import CONFIDENCE_ALGS
 
 from .frame import add_speedup
-from .tables import _bench_columns, _decoding_label, _label, _missing
-
-FIGURES = ("fig_tau_ablation.png", "fig_throughput.png", "fig_tpf_vs_steps.png", "fig_claim.png")
+from .labels import curve_label, decoding_label, missing, model_label, series, series_label
+from .tables import _bench_columns
 
 
 def _pyplot():
@@ -42,20 +41,13 @@ def _placeholder_figure(path: Path, text: str) -> None:
     _save(fig, path, dpi=100)
 
 
-def _series(alg: str, tau: Any) -> str:
-    """The series a cell belongs to in a figure: its algorithm, except that one-token-per-step reference cells
-    (confidence decoding with tau > 1) are their own series, never a point of the tau sweep."""
-    return "one_token" if is_one_token(alg, None if _missing(tau) else float(tau)) else alg
-
-
-_SERIES_LABEL = {"one_token": "1 tok/step"}
 _MARKERS = {"prob_conf": "o", "entropy_conf": "s", "self_speculative": "*", "ar": "D", "one_token": "P"}
 
 
 def _accuracy_limits(values: Iterable[float]) -> tuple[float, float]:
     """The accuracy axis: the data range plus a margin, inside [0, 100] (an accuracy is never negative),
     at least 10 points tall so that all-zero results do not draw a +-0.04 % axis."""
-    vals = [float(v) for v in values if not _missing(v)]
+    vals = [float(v) for v in values if not missing(v)]
     lo, hi = (min(vals), max(vals)) if vals else (0.0, 100.0)
     margin = max(2.0, 0.1 * (hi - lo))
     lo, hi = max(0.0, lo - margin), min(100.0, hi + margin)
@@ -94,12 +86,12 @@ def _figure_tau(frame: pd.DataFrame, paper: pd.DataFrame, models: Mapping[str, M
         _placeholder_figure(path, "no cells")
         return
     f = add_speedup(f, models) if "speedup" not in f.columns else f
-    f = f.assign(series_kind=[_series(a, t) for a, t in zip(f["alg"], f["tau"])])
+    f = f.assign(series_kind=[series(a, t) for a, t in zip(f["alg"], f["tau"])])
     n = len(benches)
     fig, axes = plt.subplots(2, n, figsize=(4.6 * n, 7.4), squeeze=False)
     cmap = plt.get_cmap("tab10")
-    series = list(dict.fromkeys((r.model, r.series_kind) for r in f.itertuples()))
-    colour = {s: cmap(i % 10) for i, s in enumerate(series)}
+    lines = list(dict.fromkeys((r.model, r.series_kind) for r in f.itertuples()))
+    colour = {s: cmap(i % 10) for i, s in enumerate(lines)}
     for j, b in enumerate(benches):
         fb = f[f["benchmark"] == b]
         for row, xcol, xlabel in ((0, "tpf", "TPF (tokens per forward)"), (1, "speedup", "speed-up vs AR (tokens/s ratio)")):
@@ -109,7 +101,7 @@ def _figure_tau(frame: pd.DataFrame, paper: pd.DataFrame, models: Mapping[str, M
                 g = g[g[xcol].notna()].sort_values("tau", ascending=False, na_position="last")
                 if g.empty:
                     continue
-                label = f"{_label(model, models)} {_SERIES_LABEL.get(kind) or _decoding_label(kind, None)}"
+                label = f"{model_label(model, models)} {series_label(kind)}"
                 ax.plot(g[xcol].astype(float), g["accuracy"].astype(float), marker=_MARKERS.get(kind, "o"),
                         linestyle="-" if kind in CONFIDENCE_ALGS else "none", color=colour[(model, kind)], label=label,
                         markersize=10 if kind == "self_speculative" else 6)
@@ -156,11 +148,11 @@ def _figure_throughput(frame: pd.DataFrame, batches: pd.DataFrame, models: Mappi
     if b is None:
         axes[0].text(0.5, 0.5, "no decode stats", ha="center", va="center", transform=axes[0].transAxes)
     for ax, task in zip(axes, tasks):
-        bt = b[b["task"] == task].assign(series_kind=lambda d: [_series(a, t) for a, t in zip(d["alg"], d["tau"])])
+        bt = b[b["task"] == task].assign(series_kind=lambda d: [series(a, t) for a, t in zip(d["alg"], d["tau"])])
         for (model, kind), g in bt.groupby(["model", "series_kind"], sort=False):
             m = g.groupby("batch_size")["tokens_per_s"].mean()
             ax.plot(m.index, m.values, marker=_MARKERS.get(kind, "o"),
-                    label=f"{_label(model, models)} {_SERIES_LABEL.get(kind) or _decoding_label(kind, None)}")
+                    label=f"{model_label(model, models)} {series_label(kind)}")
         ax.set_title(f"{task}: tokens/s vs batch size")
         ax.set_xlabel("requests in the batch")
         ax.legend(fontsize=7)
@@ -170,10 +162,10 @@ def _figure_throughput(frame: pd.DataFrame, batches: pd.DataFrame, models: Mappi
     ax2 = axes[n]
     if not frame.empty and frame["tokens_per_s"].notna().any():
         fr = frame[frame["tokens_per_s"].notna()]
-        fr = fr.assign(series_kind=[_series(a, t) for a, t in zip(fr["alg"], fr["tau"])])
+        fr = fr.assign(series_kind=[series(a, t) for a, t in zip(fr["alg"], fr["tau"])])
         for kind, g in fr.groupby("series_kind", sort=False):
             ax2.scatter(g["tpf"].astype(float), g["tokens_per_s"].astype(float),
-                        label=_SERIES_LABEL.get(kind) or _decoding_label(kind, None), marker=_MARKERS.get(kind, "o"))
+                        label=series_label(kind), marker=_MARKERS.get(kind, "o"))
         ax2.legend(fontsize=7)
     ax2.set_xlabel("TPF (tokens per forward)")
     ax2.set_ylabel("tokens/s per cell (prefill included)")
@@ -202,27 +194,27 @@ def _figure_claim(frame: pd.DataFrame, models: Mapping[str, Mapping[str, Any]], 
         sub = f[(f["model"] == model) & (f["benchmark"] == bench)].sort_values("tpf")
         xs = [1.0] + [float(x) for x in sub["tpf"]]
         lo_x, hi_x = min(xs) - 0.1, max(xs) + 0.25
-        if not _missing(ar.get("acc_lo")):
+        if not missing(ar.get("acc_lo")):
             ax.axhspan(float(ar["acc_lo"]), float(ar["acc_hi"]), color="grey", alpha=0.18,
-                       label=f"{_label(base, models)} AR, 95% interval")
+                       label=f"{model_label(base, models)} AR, 95% interval")
         ax.plot([1.0], [float(ar["accuracy"])], marker="D", color="black", linestyle="none",
-                label=f"{_label(base, models)} AR")
+                label=f"{model_label(base, models)} AR")
         placer_points = []
         for r in sub.itertuples():
-            kind = _series(r.alg, r.tau)
+            kind = series(r.alg, r.tau)
             err = None
-            if not _missing(getattr(r, "acc_lo", None)):
+            if not missing(getattr(r, "acc_lo", None)):
                 err = [[float(r.accuracy) - float(r.acc_lo)], [float(r.acc_hi) - float(r.accuracy)]]
             ax.errorbar([float(r.tpf)], [float(r.accuracy)], yerr=err, marker=_MARKERS.get(kind, "o"), capsize=3,
-                        linestyle="none", label=_decoding_label(r.alg, r.tau))
+                        linestyle="none", label=decoding_label(r.alg, r.tau))
             p = getattr(r, "mcnemar_p", None)
-            if not _missing(p):
+            if not missing(p):
                 placer_points.append((f"p={float(p):.2g}", float(r.tpf), float(r.accuracy)))
         vals = [float(ar["accuracy"])] + [float(v) for v in sub["accuracy"]]
-        vals += [float(v) for v in (ar.get("acc_lo"), ar.get("acc_hi")) if not _missing(v)]
+        vals += [float(v) for v in (ar.get("acc_lo"), ar.get("acc_hi")) if not missing(v)]
         ax.set_ylim(*_accuracy_limits(vals))
         ax.set_xlim(lo_x, hi_x)
-        ax.set_title(f"{_label(model, models)}: {bench}", fontsize=9)
+        ax.set_title(f"{model_label(model, models)}: {bench}", fontsize=9)
         ax.set_xlabel("TPF (tokens per forward)")
         ax.set_ylabel("accuracy (%)")
         ax.grid(alpha=0.3)
@@ -234,11 +226,6 @@ def _figure_claim(frame: pd.DataFrame, models: Mapping[str, Mapping[str, Any]], 
     fig.suptitle("Accuracy against tokens per forward, AR baseline band (labels: paired McNemar p vs the baseline)")
     fig.tight_layout(rect=(0, 0, 1, 0.94))
     _save(fig, path, dpi=110)
-
-
-def _curve_label(key: str) -> str:
-    """``prob_conf_tau0.98`` -> ``conf 0.98``; ``self_speculative`` -> ``self-spec``; other keys as they are."""
-    return probe_key_label(key)
 
 
 def _figure_tpf_steps(curves: pd.DataFrame, models: Mapping[str, Mapping[str, Any]], path: Path) -> None:
@@ -257,13 +244,13 @@ def _figure_tpf_steps(curves: pd.DataFrame, models: Mapping[str, Mapping[str, An
         g = curves[curves["model"] == model]
         for key, gk in g.groupby("decoder", sort=False):
             gk = gk.sort_values("step")
-            ax.plot(gk["step"], gk["tpf"], marker="o", markersize=4, color=colour[key], label=_curve_label(key),
+            ax.plot(gk["step"], gk["tpf"], marker="o", markersize=4, color=colour[key], label=curve_label(key),
                     linestyle="--" if key == "self_speculative" else "-")
         n_p, mnt = g["n_prompts"].dropna(), g["max_new_tokens"].dropna()
         sub = f"{int(n_p.iloc[0])} prompts x {int(mnt.iloc[0])} new tokens" if len(n_p) and len(mnt) else ""
         last = g.loc[g["step"].idxmax()]
-        secs = f", {last['train_seconds']:.0f} s at step {int(last['step'])}" if not _missing(last["train_seconds"]) else ""
-        ax.set_title(f"{_label(model, models)}\n{sub}{secs}", fontsize=9)
+        secs = f", {last['train_seconds']:.0f} s at step {int(last['step'])}" if not missing(last["train_seconds"]) else ""
+        ax.set_title(f"{model_label(model, models)}\n{sub}{secs}", fontsize=9)
         ax.set_xlabel("training step")
         ax.set_ylabel("TPF (tokens per forward)")
         ax.grid(alpha=0.3)

@@ -18,7 +18,8 @@ import pandas as pd
 
 from sdlm.cells import read_cell_rows, read_jsonl, row_file
 
-__all__ = ["mcnemar_exact", "per_problem", "add_paired", "add_load"]
+__all__ = ["LOAD_COLUMNS", "PROBLEM_COLUMNS", "add_load", "add_paired", "cell_loads", "mcnemar_exact", "per_problem",
+           "problem_scores"]
 
 
 def mcnemar_exact(wins: int, losses: int) -> float:
@@ -46,23 +47,70 @@ def per_problem(cell_path: str | Path, task: str, metric: str) -> dict[Any, floa
     return out
 
 
-def add_paired(frame: pd.DataFrame, models: Mapping[str, Mapping[str, Any]] | None = None) -> pd.DataFrame:
+#: ``problems.csv``: one row per (cell, task, metric, problem) -- the problem's score under that metric
+PROBLEM_COLUMNS = ["cell_path", "task", "metric", "doc_id", "score"]
+#: ``load.csv``: one row per (cell, task) -- the 1-minute load average and usable cores when the cell started and ended
+LOAD_COLUMNS = ["cell_path", "task", "start_loadavg", "start_usable_cores", "end_loadavg", "end_usable_cores"]
+
+
+def problem_scores(frame: pd.DataFrame) -> pd.DataFrame:
+    """Every problem's score, gathered from the cells' samples when the frame is built (``problems.csv``): for each
+    (cell, task) of the frame, under each primary metric a row of that task reports (one, for our tasks), so that
+    :func:`add_paired` can pair any cell with its baseline's cell without opening a file. A cell whose files cannot
+    be read adds no rows (it is then not paired)."""
+    rows: list[dict[str, Any]] = []
+    if frame.empty or "metric" not in frame.columns:
+        return pd.DataFrame(rows, columns=PROBLEM_COLUMNS)
+    metrics = {task: sorted({m for m in g["metric"] if isinstance(m, str)}) for task, g in frame.groupby("task")}
+    for path, task in dict.fromkeys(zip(frame["cell_path"], frame["task"])):
+        for metric in metrics.get(task, []):
+            try:
+                scores = per_problem(path, task, metric)
+            except (OSError, ValueError):
+                continue
+            rows += [{"cell_path": path, "task": task, "metric": metric, "doc_id": d, "score": v}
+                     for d, v in scores.items()]
+    return pd.DataFrame(rows, columns=PROBLEM_COLUMNS)
+
+
+def cell_loads(frame: pd.DataFrame) -> pd.DataFrame:
+    """The machine's load while each (cell, task) of the frame ran, gathered from its ``cell.json`` row
+    (``load.start`` / ``load.end``: ``loadavg``, ``usable_cores``) when the frame is built (``load.csv``); blank
+    for cells written before the load was recorded."""
+    rows: list[dict[str, Any]] = []
+    for path, task in dict.fromkeys(zip(frame["cell_path"], frame["task"])) if not frame.empty else []:
+        try:
+            row = next((x for x in read_cell_rows(path) if x["task"] == task), {})
+        except (OSError, ValueError):
+            row = {}
+        load = row.get("load") or {}
+        out: dict[str, Any] = {"cell_path": path, "task": task}
+        for when in ("start", "end"):
+            point = load.get(when) or {}
+            avg = point.get("loadavg")
+            out[f"{when}_loadavg"] = float(avg[0]) if avg else None
+            out[f"{when}_usable_cores"] = point.get("usable_cores")
+        rows.append(out)
+    return pd.DataFrame(rows, columns=LOAD_COLUMNS)
+
+
+def add_paired(frame: pd.DataFrame, models: Mapping[str, Mapping[str, Any]] | None = None,
+               problems: pd.DataFrame | None = None) -> pd.DataFrame:
     """Columns ``paired_n``, ``wins``, ``losses``, ``mcnemar_p`` for every SDLM cell whose baseline (the
-    ``baseline`` of its model in ``models``) has an AR cell on the same task; blank elsewhere."""
+    ``baseline`` of its model in ``models``) has an AR cell on the same task; blank elsewhere. ``problems``: the
+    gathered scores (:func:`problem_scores`, ``problems.csv``); gathered from the cells now when not given."""
     models = models or {}
     frame = frame.copy()
+    if problems is None:
+        problems = problem_scores(frame)
     cols = {"paired_n": [], "wins": [], "losses": [], "mcnemar_p": []}
     ar = {(r.model, r.task): r.cell_path for r in frame.itertuples() if r.alg == "ar"}
-    cache: dict[tuple, dict] = {}
+    table: dict[tuple, dict] = {}
+    for p in problems.itertuples(index=False):
+        table.setdefault((p.cell_path, p.task, p.metric), {})[p.doc_id] = float(p.score)
 
     def scores(path: str, task: str, metric: str) -> dict:
-        key = (path, task, metric)
-        if key not in cache:
-            try:
-                cache[key] = per_problem(path, task, metric)
-            except (OSError, ValueError):
-                cache[key] = {}
-        return cache[key]
+        return table.get((path, task, metric), {})
 
     for r in frame.itertuples():
         base = (models.get(r.model) or {}).get("baseline")
@@ -85,24 +133,28 @@ def add_paired(frame: pd.DataFrame, models: Mapping[str, Mapping[str, Any]] | No
     return frame
 
 
-def add_load(frame: pd.DataFrame) -> pd.DataFrame:
+def add_load(frame: pd.DataFrame, loads: pd.DataFrame | None = None) -> pd.DataFrame:
     """Column ``busy``: the cell was measured while the machine's 1-minute load exceeded its usable cores (by
     more than half a core) at the start or the end of the cell -- another job shared the cores, so its
-    tokens/s understate the decoder. Blank for cells written before ``load`` was recorded."""
+    tokens/s understate the decoder. Blank for cells written before ``load`` was recorded. ``loads``: the gathered
+    figures (:func:`cell_loads`, ``load.csv``); gathered from the cells now when not given."""
     frame = frame.copy()
+    if loads is None:
+        loads = cell_loads(frame)
+    by_cell = {(x.cell_path, x.task): x for x in loads.itertuples(index=False)}
     busy: list = []
     for r in frame.itertuples():
-        try:
-            row = next((x for x in read_cell_rows(r.cell_path) if x["task"] == r.task), {})
-        except (OSError, ValueError):
-            row = {}
-        load = row.get("load") or {}
+        point = by_cell.get((r.cell_path, r.task))
         flags = []
         for when in ("start", "end"):
-            point = load.get(when) or {}
-            avg, cores = point.get("loadavg"), point.get("usable_cores")
-            if avg and cores:
-                flags.append(float(avg[0]) > float(cores) + 0.5)
+            avg = getattr(point, f"{when}_loadavg", None)
+            cores = getattr(point, f"{when}_usable_cores", None)
+            if not _blank(avg) and not _blank(cores) and cores:
+                flags.append(float(avg) > float(cores) + 0.5)
         busy.append(any(flags) if flags else None)
     frame["busy"] = pd.array(busy, dtype="boolean")
     return frame
+
+
+def _blank(v: Any) -> bool:
+    return v is None or pd.isna(v)

@@ -1,5 +1,5 @@
 """Rendering: every table as Markdown, LaTeX and HTML, the figures and provenance.md, into one folder whose file
-names never change (:data:`REPORT_FILES`). No torch."""
+names never change (:data:`sdlm.report.outputs.REPORT_FILES`). No torch."""
 
 from __future__ import annotations
 
@@ -10,16 +10,13 @@ from typing import Any
 
 import pandas as pd
 
-from .figures import FIGURES, _figure_claim, _figure_throughput, _figure_tau, _figure_tpf_steps
-from .frame import add_speedup, aggregate, batch_frame, load_models, load_paper_numbers, load_tpf_curves, training_files, with_optional
+from .figures import _figure_claim, _figure_throughput, _figure_tau, _figure_tpf_steps
+from .frame import add_speedup, batch_frame, load_models, load_paper_numbers, load_tpf_curves, training_files, with_optional
+from .gather import gather, write_gathered
+from .labels import CAPTIONS
+from .outputs import FIGURES, FORMATS, REPORT_FILES, TABLES
 from .paired import add_load, add_paired
-from .tables import CAPTIONS, speed_table, table1, table3
-
-TABLES = ("table1", "table3", "speed")
-
-FORMATS = ("md", "tex", "html")
-#: every file :func:`write_report` writes (always all of them, so a workflow can declare them as outputs)
-REPORT_FILES = tuple(f"{t}.{f}" for t in TABLES for f in FORMATS) + FIGURES + ("provenance.md",)
+from .tables import speed_table, table1, table3
 
 
 def _latex(df: pd.DataFrame, caption: str) -> str:
@@ -80,33 +77,41 @@ def _provenance_md(frame: pd.DataFrame) -> str:
 def write_report(frame: pd.DataFrame, out: str | os.PathLike, *, paper: pd.DataFrame | None = None,
                  models: Mapping[str, Mapping[str, Any]] | None = None, batches: pd.DataFrame | None = None,
                  table3_tau: float = 0.98,
-                 training: Mapping[str, str | os.PathLike] | Iterable[str | os.PathLike] | None = None) -> list[Path]:
+                 training: Mapping[str, str | os.PathLike] | Iterable[str | os.PathLike] | None = None,
+                 problems: pd.DataFrame | None = None, loads: pd.DataFrame | None = None) -> list[Path]:
     """Render every table (md, tex, html), the figures and ``provenance.md`` into ``out``; returns the paths
     (always all of :data:`REPORT_FILES`). ``training``: the checkpoints' ``sdlm_training.json`` files for the
-    TPF-vs-steps figure (:func:`load_tpf_curves`; ``None``: those found beside the frame's checkpoints)."""
+    TPF-vs-steps figure (:func:`load_tpf_curves`; ``None``: those found beside the frame's checkpoints).
+    ``batches``, ``problems``, ``loads``: what aggregation gathered (:mod:`sdlm.report.gather`); each one not
+    given is gathered from the frame's cells now."""
     from sdlm.provenance import atomic_write_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     models = models or {}
     paper = paper if paper is not None else load_paper_numbers(None)
-    frame = add_load(add_paired(with_optional(add_speedup(frame, models)), models))
-    tables = {"table1": table1(frame, paper, models), "table3": table3(frame, paper, models, tau=table3_tau),
-              "speed": speed_table(frame, models)}
+    frame = add_load(add_paired(with_optional(add_speedup(frame, models)), models, problems), loads)
+    tables = {"table1": lambda: table1(frame, paper, models), "table3": lambda: table3(frame, paper, models, tau=table3_tau),
+              "speed": lambda: speed_table(frame, models)}
     notes = _notes(frame)
+    render = {"md": lambda df, cap: _markdown(df, cap, notes), "tex": _latex, "html": lambda df, cap: _html(df, cap, notes)}
     written = []
-    for name, df in tables.items():
-        cap = CAPTIONS[name]
-        written.append(atomic_write_text(out / f"{name}.md", _markdown(df, cap, notes)))
-        written.append(atomic_write_text(out / f"{name}.tex", _latex(df, cap)))
-        written.append(atomic_write_text(out / f"{name}.html", _html(df, cap, notes)))
-    _figure_tau(frame, paper, models, out / "fig_tau_ablation.png")
-    _figure_throughput(frame, batches if batches is not None else batch_frame(frame), models, out / "fig_throughput.png")
-    _figure_tpf_steps(load_tpf_curves(training if training is not None else training_files(frame)), models,
-                      out / "fig_tpf_vs_steps.png")
-    _figure_claim(frame, models, out / "fig_claim.png")
-    written += [out / f for f in FIGURES]
+    for name in TABLES:
+        df = tables[name]()
+        written += [atomic_write_text(out / f"{name}.{fmt}", render[fmt](df, CAPTIONS[name])) for fmt in FORMATS]
+    figures = {
+        "fig_tau_ablation.png": lambda path: _figure_tau(frame, paper, models, path),
+        "fig_throughput.png": lambda path: _figure_throughput(
+            frame, batches if batches is not None else batch_frame(frame), models, path),
+        "fig_tpf_vs_steps.png": lambda path: _figure_tpf_steps(
+            load_tpf_curves(training if training is not None else training_files(frame)), models, path),
+        "fig_claim.png": lambda path: _figure_claim(frame, models, path),
+    }
+    for name in FIGURES:
+        figures[name](out / name)
+        written.append(out / name)
     written.append(atomic_write_text(out / "provenance.md", _provenance_md(frame)))
+    assert [p.name for p in written] == list(REPORT_FILES), "sdlm.report.outputs lists what is written"
     return written
 
 
@@ -114,16 +119,12 @@ def report(cells: str | os.PathLike | Iterable[str | os.PathLike], out: str | os
            paper: str | os.PathLike | None = None, models: str | os.PathLike | Mapping | None = None,
            table3_tau: float = 0.98,
            training: Mapping[str, str | os.PathLike] | Iterable[str | os.PathLike] | None = None) -> pd.DataFrame:
-    """The whole report: aggregate ``cells`` into ``out/cells.csv`` (+ ``batches.csv``) and render it
-    (``training``: see :func:`write_report`)."""
-    from sdlm.provenance import atomic_write_text
-
-    frame = aggregate(cells)
+    """The whole report: gather ``cells`` into ``out`` (``cells.csv``, ``batches.csv``, ``problems.csv``,
+    ``load.csv``: :mod:`sdlm.report.gather`) and render it (``training``: see :func:`write_report`)."""
+    g = gather(cells)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    batches = batch_frame(frame)
-    atomic_write_text(out / "cells.csv", frame.to_csv(index=False))
-    atomic_write_text(out / "batches.csv", batches.to_csv(index=False))
-    write_report(frame, out, paper=load_paper_numbers(paper), models=load_models(models), batches=batches,
-                 table3_tau=table3_tau, training=training)
-    return frame
+    write_gathered(g, out)
+    write_report(g.cells, out, paper=load_paper_numbers(paper), models=load_models(models), batches=g.batches,
+                 table3_tau=table3_tau, training=training, problems=g.problems, loads=g.loads)
+    return g.cells

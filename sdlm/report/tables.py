@@ -9,49 +9,30 @@ from typing import Any
 
 import pandas as pd
 
-from sdlm.decoders import CONFIDENCE_ALGS, is_one_token, label_of
+from sdlm.decoders import CONFIDENCE_ALGS, is_one_token
 
 from .frame import BENCH_ORDER, add_speedup, load_paper_numbers, with_optional
-
-def _label(model: str, models: Mapping[str, Mapping[str, Any]]) -> str:
-    return str((models.get(model) or {}).get("label") or model)
-
-
-def _decoding_label(alg: str, tau: Any) -> str:
-    return label_of(alg, None if _missing(tau) else float(tau))
+from .labels import busy_mark, decoding_label, missing, model_label, tau_text
 
 
 def _busy(r: Any) -> str:
-    busy = getattr(r, "busy", None)
-    return BUSY_MARK if busy is not None and not _missing(busy) and bool(busy) else ""
-
-
-def _tau_text(alg: str, tau: Any) -> str:
-    """The tau column: the threshold of a tau sweep; blank for the one-token-per-step reference (its tau is any
-    value > 1: its Decoding column says "1 tok/step") and for decoders without one."""
-    if _missing(tau) or is_one_token(alg, float(tau)):
-        return ""
-    return f"{float(tau):g}"
-
-
-def _missing(v: Any) -> bool:
-    return v is None or pd.isna(v)
+    return busy_mark(getattr(r, "busy", None))
 
 
 def _acc_ci(acc: Any, lo: Any = None, hi: Any = None) -> str:
     """``12.5 [2.2, 47.1]``: accuracy (%) with its Wilson 95% interval (just the accuracy without one)."""
-    if _missing(acc):
+    if missing(acc):
         return "–"
-    if _missing(lo) or _missing(hi):
+    if missing(lo) or missing(hi):
         return f"{acc:.1f}"
     return f"{acc:.1f} [{lo:.1f}, {hi:.1f}]"
 
 
 def _fmt(acc: Any, tpf: Any, alg: str, lo: Any = None, hi: Any = None) -> str:
-    if _missing(acc):
+    if missing(acc):
         return "–"
     text = _acc_ci(acc, lo, hi)
-    if alg == "ar" or _missing(tpf):
+    if alg == "ar" or missing(tpf):
         return text
     return f"{text} ({tpf:.2f})"
 
@@ -106,7 +87,7 @@ def _row_cells(sub: pd.DataFrame, benches: list[str]) -> list[tuple[float | None
     """Per benchmark ``(accuracy, tpf, acc_lo, acc_hi)`` of the first matching row (Nones when absent)."""
     def get(r: pd.Series, col: str) -> float | None:
         v = r.get(col)
-        return None if _missing(v) else float(v)
+        return None if missing(v) else float(v)
 
     vals = []
     for b in benches:
@@ -138,8 +119,8 @@ def table1(frame: pd.DataFrame, paper: pd.DataFrame | None = None,
         sub = f[(f["model"] == k.model) & (f["alg"] == k.alg) & f["block_size"].fillna(-1).eq(
             -1 if pd.isna(k.block_size) else k.block_size) & f["tau"].fillna(-1.0).eq(-1.0 if pd.isna(k.tau) else k.tau)]
         vals = _row_cells(sub, benches)
-        base = {"Model": _label(k.model, models), "D": "" if pd.isna(k.block_size) else int(k.block_size),
-                "Decoding": _decoding_label(k.alg, k.tau), "tau": _tau_text(k.alg, k.tau)}
+        base = {"Model": model_label(k.model, models), "D": "" if pd.isna(k.block_size) else int(k.block_size),
+                "Decoding": decoding_label(k.alg, k.tau), "tau": tau_text(k.alg, k.tau)}
         rows.append({**base, "Source": "measured", **{b: _fmt_cell(v, k.alg) for b, v in zip(benches, vals)},
                      "Avg": _avg(vals, len(benches), k.alg)})
         pub = _paper_lookup(paper, (models.get(k.model) or {}).get("paper_model"), k.alg, k.block_size, k.tau,
@@ -181,8 +162,8 @@ def table3(frame: pd.DataFrame, paper: pd.DataFrame | None = None,
 
     def add(model: str, alg: str, D: Any, t: Any, sub: pd.DataFrame, label_model: str | None = None) -> None:
         vals = _row_cells(sub, benches)
-        base = {"Model": label_model or _label(model, models), "D": "" if D is None or pd.isna(D) else int(D),
-                "Decoding": _decoding_label(alg, t), "tau": _tau_text(alg, t)}
+        base = {"Model": label_model or model_label(model, models), "D": "" if D is None or pd.isna(D) else int(D),
+                "Decoding": decoding_label(alg, t), "tau": tau_text(alg, t)}
         rows.append({**base, "Source": "measured", **{b: _fmt_cell(v, alg) for b, v in zip(benches, vals)},
                      "Avg": _avg(vals, len(benches), alg)})
         pub = _paper_lookup(paper, (models.get(model) or {}).get("paper_model"), alg, D, t, ("table3", "table1"))
@@ -217,7 +198,6 @@ def table3(frame: pd.DataFrame, paper: pd.DataFrame | None = None,
 SPEED_COLUMNS = ["Model", "Benchmark", "Decoding", "D", "tau", "n", "accuracy [95% CI]", "won/lost vs AR", "McNemar p",
                  "identical text %", "same answer %", "TPF", "tok/s", "decode tok/s", "prefill s", "speed-up", "baseline",
                  "hardware"]
-BUSY_MARK = "*"  # beside tok/s measured while the machine was busier than its cores (sdlm.report.paired.add_load)
 
 
 def speed_table(frame: pd.DataFrame, models: Mapping[str, Mapping[str, Any]] | None = None) -> pd.DataFrame:
@@ -231,32 +211,17 @@ def speed_table(frame: pd.DataFrame, models: Mapping[str, Mapping[str, Any]] | N
     f = with_optional(frame if "speedup" in frame.columns else add_speedup(frame, models))
 
     def num(v: Any, fmt: str) -> str:
-        return "–" if _missing(v) else format(float(v), fmt)
+        return "–" if missing(v) else format(float(v), fmt)
 
     rows = [{
-        "Model": _label(r.model, models), "Benchmark": r.benchmark, "Decoding": _decoding_label(r.alg, r.tau),
-        "D": "" if pd.isna(r.block_size) else int(r.block_size), "tau": _tau_text(r.alg, r.tau),
+        "Model": model_label(r.model, models), "Benchmark": r.benchmark, "Decoding": decoding_label(r.alg, r.tau),
+        "D": "" if pd.isna(r.block_size) else int(r.block_size), "tau": tau_text(r.alg, r.tau),
         "n": "" if r.n is None or pd.isna(r.n) else int(r.n), "accuracy [95% CI]": _acc_ci(r.accuracy, r.acc_lo, r.acc_hi),
         "identical text %": num(r.identical_text_pct, ".1f"), "same answer %": num(r.same_answer_pct, ".1f"),
-        "won/lost vs AR": "–" if _missing(getattr(r, "wins", None)) else f"{int(r.wins)} / {int(r.losses)}",
+        "won/lost vs AR": "–" if missing(getattr(r, "wins", None)) else f"{int(r.wins)} / {int(r.losses)}",
         "McNemar p": num(getattr(r, "mcnemar_p", None), ".3g"),
         "TPF": num(r.tpf, ".2f"), "tok/s": num(r.tokens_per_s, ".1f") + _busy(r),
         "decode tok/s": num(r.decode_tokens_per_s, ".1f") + _busy(r), "prefill s": num(r.prefill_s, ".2f"),
         "speed-up": num(r.speedup, ".2f") + _busy(r), "baseline": r.baseline or "", "hardware": r.hardware or "",
     } for r in f.itertuples()]
     return pd.DataFrame(rows, columns=SPEED_COLUMNS)
-
-
-CAPTIONS = {
-    "table1": "Accuracy (%) per benchmark with its Wilson 95% interval [lo, hi], TPF (tokens per forward) in "
-              "parentheses; paper rows: published numbers of the same configuration; Avg: mean over the columns shown",
-    "table3": "AR vs confidence vs one-token-per-step vs self-speculative decoding: accuracy (%) [Wilson 95% "
-              "interval], TPF in parentheses; Avg: mean over the columns shown",
-    "speed": "Speed and fidelity per cell: accuracy (%) [Wilson 95% interval]; won/lost vs AR: problems the cell "
-             "solves and its AR baseline does not / the reverse, on the same problems, with the exact McNemar p-value "
-             "(–: no baseline cell); identical text % and same answer %: share of examples whose output (text; "
-             "extracted final answer) equals one-token-per-step decoding of the same model and D (–: AR baselines, "
-             "which have no such reference, and cells not compared); TPF, end-to-end tokens/s (prefill included), "
-             "decode-only tokens/s, speed-up over the AR baseline (same hardware); * marks speed figures measured "
-             "while the machine's load exceeded its cores (another job shared them)",
-}
