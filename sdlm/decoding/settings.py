@@ -4,15 +4,16 @@ checkpoint's SDLM keys).
 
 A :class:`DecodeSettings` is made in one of three ways -- from Python (the constructor), from a config cell's
 :class:`~sdlm.decoders.Decoder` (:meth:`DecodeSettings.for_decoder`), or from the ``sdlm`` model's model_args
-(:class:`sdlm.adapter.ModelArgs` builds it) -- and validated when it is made. :meth:`DecodeSettings.resolve`
-then fills in what the checkpoint decides (D when none was given, the mask token, ``causal_attn``) once, against
-its config; whoever holds the resolved settings decodes with them as they are.
+(:class:`sdlm.adapter.ModelArgs` builds it) -- and validated when it is made, around its
+:class:`~sdlm.decoders.Decoder` (alg, D, tau: the decoder's own rules, the threshold rule among them).
+:meth:`DecodeSettings.resolve` then fills in what the checkpoint decides (D when none was given, the mask token,
+``causal_attn``) once, against its config; whoever holds the resolved settings decodes with them as they are.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sdlm.decoders import ALGS, Decoder, check_threshold
@@ -41,16 +42,26 @@ class DecodeSettings:
     use_cache: bool = True
     mask_token_id: int | None = None
     causal_attn: bool | None = None
+    #: the :class:`~sdlm.decoders.Decoder` these settings are built around, once D is known (given, or resolved)
+    _decoder: Decoder | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.alg not in ALGS:
             raise ValueError(f"unknown alg {self.alg!r}; choose one of {', '.join(ALGS)}")
-        object.__setattr__(self, "threshold", check_threshold(self.threshold))
         _positive("max_new_tokens", self.max_new_tokens)
         _positive("batch_size", self.batch_size)
         if self.block_size is not None and (isinstance(self.block_size, bool) or not isinstance(self.block_size, int)
                                             or self.block_size < 1):
             raise ValueError(f"block_size must be a positive integer for alg={self.alg!r}, got {self.block_size!r}")
+        # the threshold rule, once: by the Decoder where it reads tau (a confidence algorithm with its D), else here
+        self._set_decoder()
+        dec = self._decoder
+        tau = dec.tau if dec is not None and dec.is_confidence else check_threshold(self.threshold)
+        object.__setattr__(self, "threshold", tau)
+
+    def _set_decoder(self) -> None:
+        if self.alg == "ar" or self.block_size is not None:
+            object.__setattr__(self, "_decoder", Decoder.of(self.alg, self.block_size, self.threshold))
 
     @classmethod
     def for_decoder(cls, decoder: Decoder, **rest) -> "DecodeSettings":
@@ -72,6 +83,8 @@ class DecodeSettings:
 
     def decoder(self, block_size: int | None = None) -> Decoder:
         """The :class:`~sdlm.decoders.Decoder` these settings decode with (D: given, else ours)."""
+        if block_size is None and self._decoder is not None:
+            return self._decoder
         return Decoder.of(self.alg, block_size if block_size is not None else self.block_size, self.threshold)
 
     # ---------------------------------------------------------------- against the checkpoint
@@ -106,4 +119,6 @@ class DecodeSettings:
         for name, value in (("block_size", int(d)), ("mask_token_id", mask),
                             ("causal_attn", keys.causal_attn if self.causal_attn is None else bool(self.causal_attn))):
             object.__setattr__(out, name, value)
+        if out._decoder is None:  # D came from the checkpoint: the decoder is known now
+            out._set_decoder()
         return out
