@@ -36,11 +36,22 @@ def test_every_old_folder_name_parses_and_spells_back_byte_identical():
         assert Decoder.parse(name).name == name
 
 
+#: the fixture's 15 cells as (model key, decoder), written out by hand from its folder listing
+OLD_CELLS = [
+    *(("smollm2-D4", f"{alg}_D4_tau{tau}") for alg in ("entropy_conf", "prob_conf") for tau in ("0.7", "0.82", "0.9", "0.98")),
+    ("smollm2-D4", "self_speculative_D4"), ("smollm2-D4", "step1_D4"),
+    ("smollm2-D4", "prob_conf_D4_tau0.9"), ("smollm2-D4", "self_speculative_D4"), ("smollm2-D4", "step1_D4"),
+    ("smollm2-ar", "ar"), ("smollm2-ar", "ar"),
+]
+
+
 def test_old_rows_are_identified_by_their_folder_layout():
+    found = []
     for path in find_cells(CELLS):
         (row,) = read_cell_rows(path)
         assert "model_key" not in row and "decoder" not in row  # the fixture really is the old format
-        assert cell_identity(path, row) == (path.parts[-4], path.parts[-2])
+        found.append(cell_identity(path, row))
+    assert sorted(found) == sorted(OLD_CELLS)
 
 
 def _old_columns(frame: pd.DataFrame, expected: pd.DataFrame) -> pd.DataFrame:

@@ -181,7 +181,7 @@ def test_no_data_folder_and_no_network_fails_at_once(monkeypatch):
     t0 = time.monotonic()
     with pytest.raises(DataNotFoundError, match="hub copy openai/gsm8k .main. is unreachable"):
         load_records("gsm8k", "test")
-    assert time.monotonic() - t0 < 3.0
+    assert time.monotonic() - t0 < 20.0  # generous (a busy machine), still below datasets' ~25 s of retries
 
 
 def test_mbpp_problem_as_a_humaneval_prompt():

@@ -331,7 +331,7 @@ def test_gpqa_gated_hub_message(monkeypatch):
     t0 = time.perf_counter()
     with pytest.raises(DataNotFoundError) as err:
         load_records("gpqa_diamond")
-    assert time.perf_counter() - t0 < 5.0
+    assert time.perf_counter() - t0 < 20.0  # generous (a busy machine): no retries, the gated answer is final
     msg = str(err.value)
     assert "\n" not in msg
     assert "Idavidrein/gpqa (gpqa_diamond)" in msg and "gated dataset" in msg and "HF token" in msg

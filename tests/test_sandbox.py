@@ -232,7 +232,9 @@ def test_a_crash_or_exit_code_fails_the_sample_not_the_cell(isolation):
 def test_infinite_loop_times_out(isolation):
     t0 = time.monotonic()
     res = check_program("def f(x):\n    while True:\n        pass\n", "assert f(1) == 2\n", timeout=2.0)
-    assert res.status == "timeout" and time.monotonic() - t0 < 2.0 + sb.DEFAULT_GRACE_S + 1
+    # the loop never ends: finishing at all is the kill; the bound is generous (interpreter and bubblewrap start-up
+    # on a busy machine); a hang would exceed it
+    assert res.status == "timeout" and time.monotonic() - t0 < 2.0 + sb.DEFAULT_GRACE_S + 30
 
 
 def test_program_that_ignores_signals_and_sleeps_is_stopped(isolation):
