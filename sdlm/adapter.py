@@ -296,32 +296,6 @@ class SDLMLM(TemplateLM):
                 args.setdefault(k, v)
         return cls(ModelArgs.from_dict(args))
 
-    # ---------------------------------------------------------------- the decoder (self.settings)
-    @property
-    def alg(self) -> str:
-        return self.settings.alg
-
-    @property
-    def threshold(self) -> float:
-        return self.settings.threshold
-
-    @property
-    def block_size(self) -> int:
-        """D as resolved (1 for ``alg=ar``)."""
-        return self.settings.block_size
-
-    @property
-    def mask_token_id(self) -> int | None:
-        return self.settings.mask_token_id
-
-    @property
-    def causal_attn(self) -> bool:
-        return self.settings.causal_attn
-
-    @property
-    def use_cache(self) -> bool:
-        return self.settings.use_cache
-
     # ---------------------------------------------------------------- properties lm-eval reads
     @property
     def config(self):
@@ -419,18 +393,18 @@ class SDLMLM(TemplateLM):
             "pretrained": self.pretrained,
             "checkpoint_path": str(self.checkpoint_path),
             "config_sha256": self.config_sha256,
-            "alg": self.alg,
-            "threshold": self.threshold,
-            "block_size": self.block_size,
-            "causal_attn": self.causal_attn,
-            "mask_token_id": self.mask_token_id,
+            "alg": self.settings.alg,
+            "threshold": self.settings.threshold,
+            "block_size": self.settings.block_size,
+            "causal_attn": self.settings.causal_attn,
+            "mask_token_id": self.settings.mask_token_id,
             "model_dtype": self.dtype_name,
             "attn_implementation": getattr(self._model.config, "_attn_implementation", None),
             "model_num_parameters": sum(p.numel() for p in self._model.parameters()),
             "adapter_batch_size": self.batch_size,
             "max_new_tokens": self._max_new_tokens,
             "max_length": self.max_length,
-            "use_cache": self.use_cache,
+            "use_cache": self.settings.use_cache,
             "system_prompt": self.system_prompt,
             "decode_totals": totals,
         }
@@ -438,11 +412,12 @@ class SDLMLM(TemplateLM):
     def decoder_identity(self) -> dict[str, Any]:
         """Everything that decides a generated text besides the request: kept texts are reused only when all of
         it is equal (the checkpoint's files by name, size and mtime: a retrained checkpoint differs)."""
+        s = self.settings
         return {"job": "eval", "pretrained": self.pretrained, "checkpoint_files": folder_fingerprint(self.checkpoint_path),
-                "config_sha256": self.config_sha256, "alg": self.alg, "block_size": self.block_size,
-                "threshold": self.threshold, "mask_token_id": self.mask_token_id, "causal_attn": self.causal_attn,
+                "config_sha256": self.config_sha256, "alg": s.alg, "block_size": s.block_size,
+                "threshold": s.threshold, "mask_token_id": s.mask_token_id, "causal_attn": s.causal_attn,
                 "dtype": self.dtype_name, "device": self._device.type, "batch_size": self.batch_size,
-                "max_new_tokens": self._max_new_tokens, "max_length": self.max_length, "use_cache": self.use_cache,
+                "max_new_tokens": self._max_new_tokens, "max_length": self.max_length, "use_cache": s.use_cache,
                 "add_bos_token": self.add_bos_token, "rank": self.rank, "world_size": self.world_size}
 
     # ---------------------------------------------------------------- tokenization (as HFLM)

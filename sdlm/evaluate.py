@@ -125,9 +125,9 @@ def cell_row(task: str, *, lm, results: dict, stats: list[dict], prov: dict, ext
     return {
         "task": task,
         "model": lm.pretrained,
-        "alg": lm.alg,
-        "block_size": lm.block_size,
-        "threshold": lm.threshold,
+        "alg": lm.settings.alg,
+        "block_size": lm.settings.block_size,
+        "threshold": lm.settings.threshold,
         "n": n,
         "metrics": _metrics(results.get("results", {}).get(task, {})),
         "decode": decode_totals(stats) if stats else None,
