@@ -32,7 +32,7 @@ def test_claim_grid():
     assert p.models["qwen-D4"].baseline == "qwen" and p.models["qwen"].kind == "ar"
     assert "--limit" not in shlex.split(p.eval_args("qwen", "humaneval_sdlm", "ar"))  # all 164 problems
     cmd = p.retrofit_command("qwen", "D4")
-    for flag, value in (("--lr", "2e-05"), ("--max-len", "384"), ("--block-size", "4"), ("--probe-prompts", "16")):
+    for flag, value in (("--lr", "2e-05"), ("--max-len", "384"), ("--block-size", "4"), ("--probe-prompts", "8")):
         assert f"{flag} {value}" in cmd, (flag, cmd)
 
 
@@ -147,3 +147,54 @@ def test_self_distillation_decodes_in_the_evaluation_dtype():
     cfg = load_yaml_strict(REPO / "config" / "test.yaml")
     del cfg["eval"]["dtype"]
     assert Plan(cfg, REPO).distill_dtype("gsm8k_tiny") is None  # the loader's default (fp32 on CPU)
+
+
+def _paper(**eval_override) -> Plan:
+    cfg = load_yaml_strict(REPO / "config" / "paper.yaml")
+    cfg["models"]["sdlm-3b-d4"]["eval"] = eval_override
+    return Plan(cfg, REPO)
+
+
+def test_gpu_jobs_take_their_own_gpus_and_processes():
+    """Every GPU job names its GPUs (`sdlm eval --gpus N`, `sdlm gpus --need N --` before accelerate's training
+    launch) and a data-parallel cell its processes; a CPU job's command is what it was."""
+    p = plan("paper.yaml")
+    args = shlex.split(p.eval_args("qwen2.5-3b-instruct", "gsm8k_sdlm", "ar"))
+    assert args[args.index("--gpus") + 1] == "1" and "--processes" not in args
+    big = shlex.split(p.eval_args("sdlm-32b-d4", "gsm8k_sdlm", "prob_conf_D4_tau0.98"))
+    assert big[big.index("--gpus") + 1] == "2" and "device=auto" in big[big.index("--model-args") + 1]
+    assert p.retrofit_command("qwen2.5-3b", "D4").startswith(
+        "sdlm gpus --need 8 -- accelerate launch --num_processes 8 --multi_gpu --mixed_precision bf16 -m sdlm.cli retrofit")
+    dp = _paper(device="auto", launcher="accelerate", num_processes=4, resources={"gpu": 8})
+    args = shlex.split(dp.eval_args("sdlm-3b-d4", "gsm8k_sdlm", "prob_conf_D4_tau0.98"))
+    assert (args[args.index("--gpus") + 1], args[args.index("--processes") + 1]) == ("8", "4")
+    one_each = _paper(device="cuda", launcher="accelerate", resources={"gpu": 4})  # default: one process per GPU
+    assert one_each.eval_processes("sdlm-3b-d4") == 4
+    cpu = plan("test.yaml")
+    assert "--gpus" not in cpu.eval_args("tiny-ar", "gsm8k_sdlm", "ar") and cpu.distill_device() == "cpu"
+    assert plan("gpu.yaml").distill_device() == "cuda --gpus 1"
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"num_processes": 2}, "num_processes 2 needs launcher: accelerate (launcher is 'sdlm')"),
+    ({"launcher": "accelerate", "num_processes": 3, "resources": {"gpu": 8}}, "8 GPU(s) do not split evenly over num_processes 3"),
+    ({"launcher": "accelerate", "device": "cuda", "num_processes": 2, "resources": {"gpu": 4}},
+     "device cuda runs one GPU per process, but resources.gpu is 4 for num_processes 2"),
+    ({"launcher": "accelerate", "device": "cuda:1", "resources": {"gpu": 2}}, "device 'cuda:1' pins every process"),
+    ({"launcher": "accelerate", "device": "auto", "resources": {"gpu": 0}}, "needs resources.gpu >= 1"),
+])
+def test_bad_process_settings_are_one_line_errors(settings, message):
+    with pytest.raises(PlanError) as err:
+        _paper(**settings)
+    assert message in str(err.value) and "models.sdlm-3b-d4.eval" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_sharded_cells():
+    """eval.shards: K -> K shard folders per cell, what its merge waits for; unsharded models have none."""
+    p = _paper(shards=3)
+    assert p.shards("sdlm-3b-d4") == ["0of3", "1of3", "2of3"] and p.sharded_models() == ["sdlm-3b-d4"]
+    assert p.shard_files("sdlm-3b-d4", "gsm8k_sdlm", "step1_D4") == [
+        f"results/cells/sdlm-3b-d4/gsm8k_sdlm/step1_D4/shards/{i}of3/shard.json" for i in range(3)]
+    assert p.shards("sdlm-3b-d8") == []
+    with pytest.raises(PlanError, match="not in this configuration's grid"):
+        p.shard_files("sdlm-3b-d4", "gsm8k_sdlm", "ar")
