@@ -24,7 +24,9 @@ Behaviour, matching lm-eval's ``hf`` model (``HFLM``) wherever an SDLM does not 
 * ``loglikelihood`` / ``loglikelihood_rolling``: the ordinary causal forward (without mask tokens an SDLM is a
   next-token predictor), right-padded batches, fp32 log-softmax, HFLM's token accounting and greedy flag.
 * Data parallel under ``accelerate launch``: ``rank``/``world_size``/``device`` from accelerate, and the
-  ``all_gather``/``gather_object``/``barrier`` hooks that lm-eval >= 0.4.12 calls.
+  ``all_gather``/``gather_object``/``barrier`` hooks that lm-eval >= 0.4.12 calls. With ``device=auto`` each
+  process splits its model over its own group of the node's GPUs (:func:`sdlm.devices.process_gpu_group`), so a
+  model larger than one GPU combines with data parallel.
 * ``self.request_stats``: one dict per decoded request (task, doc_id, idx, rank, batch, prompt_tokens,
   max_gen_toks, finish_reason, :meth:`DecodeStats.to_dict` and ``from_earlier_process``), for the caller to
   write (:mod:`sdlm.evaluate` does).
@@ -141,7 +143,8 @@ class ModelArgs:
     max_length: int | None = _arg(None, "context length (default: from the config, as lm-eval's hf model resolves it)")
     dtype: str | None = _arg(None, "fp32 | bf16 | fp16 | auto (default fp32 on CPU, bf16 elsewhere)")
     device: str | None = _arg(None, "cpu | cuda | cuda:N | auto (default cuda if available); accelerate launch "
-                                   "overrides it with the process's own device (data parallel)")
+                                   "overrides it with the process's own device (data parallel), or with auto splits "
+                                   "each process's model over its own group of the node's GPUs")
     system_prompt: str | None = _arg(None, "system turn used when the chat has none (lm-eval's --system_instruction wins)")
     use_cache: bool = _arg(True, "KV cache in the decoder")
     add_bos_token: bool | None = _arg(None, "as in lm-eval's hf model: force/skip the tokenizer's special tokens")
@@ -242,8 +245,10 @@ class SDLMLM(TemplateLM):
         self.add_bos_token, self.system_prompt = a.add_bos_token, a.system_prompt
         device = a.device
 
-        # ---- data parallel (accelerate launch): one process per device, lm-eval shards the requests
+        # ---- data parallel (accelerate launch): one process per device (or per group of GPUs with device=auto),
+        # lm-eval shards the requests
         self.accelerator = None
+        max_memory: dict | None = None
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             from accelerate import Accelerator, InitProcessGroupKwargs
 
@@ -255,9 +260,23 @@ class SDLMLM(TemplateLM):
             else:
                 self.accelerator = acc
                 self._rank, self._world_size = acc.process_index, acc.num_processes
-                if device not in (None, str(acc.device)):
-                    log.info("accelerate launch: device %r replaced by this process's %s", device, acc.device)
-                device = str(acc.device)
+                if device == "auto" and torch.cuda.is_available():
+                    # one model per process, split over its own group of this node's GPUs (lm-eval's
+                    # parallelize=True under accelerate launch)
+                    from accelerate.utils import get_max_memory
+
+                    from sdlm.devices import process_gpu_group
+
+                    group = process_gpu_group(int(os.environ.get("LOCAL_RANK", acc.local_process_index)),
+                                              int(os.environ.get("LOCAL_WORLD_SIZE", acc.num_processes)),
+                                              torch.cuda.device_count())
+                    max_memory = {k: v for k, v in get_max_memory().items() if k in group}
+                    log.info("accelerate launch, device=auto: process %d splits the model over cuda:%s", self._rank,
+                             ",".join(map(str, group)))
+                else:
+                    if device not in (None, str(acc.device)):
+                        log.info("accelerate launch: device %r replaced by this process's %s", device, acc.device)
+                    device = str(acc.device)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         else:
@@ -270,13 +289,15 @@ class SDLMLM(TemplateLM):
         config = load_config(self.checkpoint_path)
         #: how this model decodes, resolved against the checkpoint: what generate() receives for every batch
         self.settings: DecodeSettings = a.settings.resolve(config, source=self.pretrained)
-        model, tokenizer = load_model(self.checkpoint_path, dtype=a.dtype, device=device, config=config)
+        model, tokenizer = load_model(self.checkpoint_path, dtype=a.dtype, device=device, config=config,
+                                      max_memory=max_memory)
         self._model, self.tokenizer = model, tokenizer
         self._device = next(model.parameters()).device if device == "auto" else torch.device(device)
         self.dtype_name = str(model.dtype).replace("torch.", "")
         self._eos = eos_ids(model, tokenizer)
 
         self.request_stats: list[dict[str, Any]] = []
+        self.requests_from_cache = 0  # answered by lm-eval's request cache (--use_cache, DecoderKeyedCachingLM)
         self._batch_counter = 0
         self._warned: set[str] = set()
         self.partial_path: Path | None = None  # finished batches kept here for a rerun (module doc)
@@ -388,7 +409,7 @@ class SDLMLM(TemplateLM):
     # ---------------------------------------------------------------- provenance
     def get_model_info(self) -> dict[str, Any]:
         """Merged by lm-eval into ``results["config"]``: every setting that changes a number."""
-        totals = decode_totals(self.request_stats)
+        totals = {**decode_totals(self.request_stats), "requests_from_cache": self.requests_from_cache}
         return {
             "pretrained": self.pretrained,
             "checkpoint_path": str(self.checkpoint_path),
@@ -408,6 +429,12 @@ class SDLMLM(TemplateLM):
             "system_prompt": self.system_prompt,
             "decode_totals": totals,
         }
+
+    def cache_key(self) -> str:
+        """The decoder's identity (:meth:`decoder_identity`, without the process's rank) as a short hash: what
+        lm-eval's request cache is keyed by besides the request (:class:`DecoderKeyedCachingLM`)."""
+        ident = {k: v for k, v in self.decoder_identity().items() if k not in ("rank", "world_size")}
+        return config_hash(ident)[:16]
 
     def decoder_identity(self) -> dict[str, Any]:
         """Everything that decides a generated text besides the request: kept texts are reused only when all of
@@ -614,3 +641,40 @@ class SDLMLM(TemplateLM):
         if plog is not None:
             plog.close()
         return [texts[uniq[id(req)]] for req in requests]  # type: ignore[misc]
+
+
+# ------------------------------------------------------------------------------------------- lm-eval's request cache
+def decoder_keyed_caching_lm() -> type:
+    """lm-eval's ``CachingLM`` (``--use_cache PATH``) with one cache file per decoder for the ``sdlm`` model.
+
+    Why: lm-eval keys a cached answer by the request alone (prompt and generation kwargs), so a second tau, D,
+    algorithm, budget or checkpoint run with the same ``--use_cache`` path would silently get the first decoder's
+    answers. Here the file name carries :meth:`SDLMLM.cache_key` (checkpoint files and config, alg, D, tau, mask
+    token, dtype, device, batch size, max new tokens, max length, KV cache): ``PATH_sdlm-<key>_rank<r>.db``. The
+    requests answered from the file are counted in ``decode_totals.requests_from_cache`` (they have no decode
+    statistics of their own). Other models are cached exactly as lm-eval caches them. ``sdlm lm-eval`` installs it
+    (:func:`sdlm.lm_eval_cli.main`)."""
+    from lm_eval.api.model import CachingLM, hash_args
+
+    class DecoderKeyedCachingLM(CachingLM):
+        def __init__(self, lm, cache_db: str) -> None:
+            if isinstance(lm, SDLMLM):
+                stem, sep, rank = cache_db.rpartition("_rank")
+                cache_db = f"{stem if sep else cache_db}_sdlm-{lm.cache_key()}{sep}{rank if sep else ''}"
+                log.info("request cache of this decoder: %s", cache_db)
+            super().__init__(lm, cache_db)
+
+        def __getattr__(self, attr: str):
+            fn = super().__getattr__(attr)
+            if attr not in ("loglikelihood", "loglikelihood_rolling", "generate_until") or not isinstance(self.lm, SDLMLM):
+                return fn
+
+            def counted(requests):
+                self.lm.requests_from_cache += sum(
+                    1 for r in requests if not (attr == "generate_until" and r.args[1].get("do_sample", False))
+                    and hash_args(attr, r.args) in self.dbdict)
+                return fn(requests)
+
+            return counted
+
+    return DecoderKeyedCachingLM

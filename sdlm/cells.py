@@ -12,6 +12,9 @@ names:
                               before these keys existed are read by their folder layout instead).
 * ``fidelity.json``           (pipeline) the cell against its one-token-per-step reference cell
 * ``partial_generations.rank<r>.jsonl``  only while the cell runs: finished generation batches a rerun keeps
+* ``shards/<i>of<K>/``       (a sharded cell, ``eval.shards: K``) one job's share of the doc ids, the same files
+                              with ``shard.json`` in place of ``cell.json`` (so no search for cells finds a shard);
+                              ``sdlm merge-shards`` turns them into the cell's own files
 
 Everything that writes or reads these files -- evaluate, fidelity, report -- takes the names from here.
 """
@@ -25,11 +28,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CELL_FILE", "RESULTS_FILE", "FIDELITY_FILE", "TRAINING_FILE", "RESUME_DIR", "partial_generations_file", "safe_name", "samples_file", "stats_file",
+__all__ = ["CELL_FILE", "SHARD_FILE", "SHARDS_DIR", "RESULTS_FILE", "FIDELITY_FILE", "TRAINING_FILE", "RESUME_DIR", "partial_generations_file", "safe_name", "samples_file", "stats_file",
            "find_cells", "read_cell_rows", "read_jsonl", "row_file", "cell_identity"]
 
 CELL_FILE = "cell.json"
 RESULTS_FILE = "results.json"
+SHARD_FILE = "shard.json"  # a shard folder's completion marker (rows as in cell.json, for its share of the docs)
+SHARDS_DIR = "shards"  # inside a sharded cell's folder: one folder <i>of<K> per shard
 FIDELITY_FILE = "fidelity.json"
 TRAINING_FILE = "sdlm_training.json"  # a checkpoint's training summary (sdlm.train), beside its weights
 RESUME_DIR = "resume"  # inside a checkpoint folder while training runs: the state a rerun continues from

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from sdlm.cells import CELL_FILE, TRAINING_FILE
+from sdlm.cells import CELL_FILE, SHARD_FILE, TRAINING_FILE
 from sdlm.threads import set_threads
 from sdlm.watchdog import die_with_workflow
 
@@ -40,6 +40,20 @@ def positive_int(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
     return v
+
+
+def add_gpu_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--gpus", type=positive_int, default=None,
+                   help="take N free GPUs of this node's pool first and run on them alone (sdlm.devices; the pipeline "
+                        "passes a GPU job's resources.gpu)")
+
+
+def take_gpus(args: argparse.Namespace) -> None:
+    """``--gpus N``: this process takes N GPUs of the node (waiting for them) before CUDA starts."""
+    if getattr(args, "gpus", None):
+        from sdlm.devices import take_gpus as take
+
+        take(args.gpus)
 
 
 def add_threads(p: argparse.ArgumentParser) -> None:
@@ -151,10 +165,12 @@ def add_distill(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drop-unfinished", action="store_true", help="drop answers that hit --max-new-tokens")
     p.add_argument("--dtype", default=None, help="fp32 (CPU default) | bf16 | fp16 | auto")
     p.add_argument("--device", default="cpu")
+    add_gpu_options(p)
     add_threads(p)
 
 
 def run_distill(args: argparse.Namespace) -> int:
+    take_gpus(args)
     set_threads(args.threads)
     from sdlm.distill import self_distill
     from sdlm.models import load_model
@@ -227,6 +243,11 @@ def add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--model-key", default=None,
                    help="the model's name in cell.json (the pipeline's model key; default: the checkpoint folder's name)")
+    p.add_argument("--shard", default=None, help="i/K: only doc ids i, i+K, ... of each task; writes shard.json in "
+                                                 "place of cell.json (sdlm merge-shards makes the cell)")
+    add_gpu_options(p)
+    p.add_argument("--processes", type=positive_int, default=1,
+                   help="data-parallel processes: relaunches this command under `accelerate launch` (default 1)")
     add_threads(p)
     p.add_argument("--sandbox", choices=["bubblewrap", "inprocess-guard"], default=None,
                    help="isolation of model-written code (default bubblewrap; inprocess-guard is weaker, opt-in)")
@@ -236,6 +257,18 @@ def run_eval(args: argparse.Namespace) -> int:
     from sdlm.tasks import resolve_tasks
 
     resolve_tasks(args.tasks)  # a typo fails in milliseconds, before torch is imported (evaluate_cell checks again)
+    take_gpus(args)
+    if args.processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:  # not yet one of the processes
+        from sdlm.devices import data_parallel_command
+        from sdlm.threads import usable_cores
+
+        device = next((kv.split("=", 1)[1].strip() for kv in args.model_args.split(",")
+                       if kv.split("=", 1)[0].strip() == "device" and "=" in kv), None)
+        threads = args.threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or usable_cores()
+        cmd, env = data_parallel_command(args._argv, args.processes, threads=threads,
+                                         cpu=device.startswith("cpu") if device else not args.gpus)
+        print(f"[sdlm] {args.processes} data-parallel processes: {' '.join(cmd[:9])} ...", file=sys.stderr, flush=True)
+        os.execvpe(cmd[0], cmd, {**os.environ, **env})
     set_threads(args.threads)
     from sdlm.evaluate import evaluate_cell
 
@@ -247,13 +280,28 @@ def run_eval(args: argparse.Namespace) -> int:
     out = evaluate_cell(args.model_args, args.tasks.split(","), limit=limit, output_dir=args.output,
                         system_prompt=args.system_prompt, apply_chat_template=not args.no_chat_template,
                         seed=args.seed, gen_kwargs=args.gen_kwargs, sandbox=args.sandbox,
-                        model_key=args.model_key)
+                        model_key=args.model_key, shard=args.shard)
     for row in out.get("rows") or []:
         d = row["decode"] or {}
         metrics = " ".join(f"{k}={v:.4f}" for k, v in row["metrics"].items() if "_stderr" not in k and v is not None)
         print(f"{row['task']}: n={row['n']} {metrics} tpf={d.get('tpf', 0):.3f} tok/s={d.get('tokens_per_s', 0):.1f}")
     if out.get("rows") is not None:
-        print(f"wrote {args.output}/{CELL_FILE}")
+        print(f"wrote {args.output}/{SHARD_FILE if args.shard else CELL_FILE}")
+    return 0
+
+
+def add_merge_shards(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--output", required=True, help="the cell folder to write (cell.json last)")
+    p.add_argument("shards", nargs="+", help="the shard folders 0of<K> .. <K-1>of<K> (each with its shard.json)")
+
+
+def run_merge_shards(args: argparse.Namespace) -> int:
+    from sdlm.evaluate import merge_shards
+
+    out = merge_shards(args.shards, args.output)
+    for row in out["rows"]:
+        print(f"{row['task']}: n={row['n']} from {len(args.shards)} shards")
+    print(f"wrote {args.output}/{CELL_FILE}")
     return 0
 
 
@@ -281,6 +329,28 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------
+# sdlm gpus
+
+
+def add_gpus(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--need", type=positive_int, required=True, help="GPUs this job takes")
+    p.add_argument("--ids", default=None, help="the node's GPU ids to draw from, e.g. 0,1,2,3 (default: $SDLM_GPU_IDS, "
+                                               "else CUDA_VISIBLE_DEVICES, else every GPU nvidia-smi lists)")
+    p.add_argument("--jobs-per-gpu", type=positive_int, default=None,
+                   help="jobs that may share one GPU (default $SDLM_JOBS_PER_GPU, else 1)")
+    p.add_argument("run", nargs=argparse.REMAINDER, metavar="-- COMMAND ...", help="the command to run on them")
+
+
+def run_gpus(args: argparse.Namespace) -> int:
+    from sdlm.devices import parse_ids, run_with_gpus
+
+    command = args.run[1:] if args.run[:1] == ["--"] else args.run
+    run_with_gpus(args.need, command, ids=None if args.ids is None else parse_ids(args.ids),
+                  per_gpu=args.jobs_per_gpu)
+    return 0  # not reached: the command replaced this process
+
+
+# ----------------------------------------------------------------------------------------------------
 
 def add_lm_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("lm_eval_args", nargs=argparse.REMAINDER, help="lm-eval's own arguments (see sdlm.lm_eval_cli)")
@@ -298,7 +368,10 @@ SUBCOMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Cal
     "distill": ("self-distillation SFT data: the model's own greedy answers as targets", add_distill, run_distill),
     "prepare-model": ("materialise a model source into a HF folder (+ mask token)", add_prepare_model, run_prepare_model),
     "eval": ("evaluate one cell (model x alg x D x tau) on lm-eval tasks", add_eval, run_eval),
+    "merge-shards": ("merge the shard folders of one cell into the cell's files", add_merge_shards, run_merge_shards),
     "report": ("aggregate evaluation cells into tables and figures", add_report, run_report),
+    "gpus": ("run a command on N free GPUs of this node (CUDA_VISIBLE_DEVICES from a lock-file pool)", add_gpus,
+             run_gpus),
     "lm-eval": ("lm-evaluation-harness's CLI with the sdlm model and our tasks (run, ls tasks, ...)", add_lm_eval,
                 run_lm_eval),
 }
@@ -336,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # argparse: --help (0) or a usage error (2, message already printed)
         return int(e.code or 0)
+    args._argv = argv  # as given: what a data-parallel relaunch repeats
     die_with_workflow()
     if not os.environ.get("SDLM_DEBUG"):
         _quiet_progress_bars()

@@ -12,6 +12,10 @@ this adds, before lm-eval starts:
   '{"sdlm_data_dir": ...}'``) and no hub (``HF_HUB_OFFLINE`` / ``HF_DATASETS_OFFLINE``), it fails at once;
 * ``--threads N`` (ours; removed before lm-eval sees the arguments): torch threads, default the cores this process
   may use;
+* ``--use_cache PATH``: lm-eval's request cache keys an answer by the request alone, so for the ``sdlm`` model
+  every decoder (checkpoint, alg, D, tau, budgets, dtype...) gets a cache file of its own
+  (:func:`sdlm.adapter.decoder_keyed_caching_lm`), and ``decode_totals.requests_from_cache`` in the results says
+  how many answers came from it;
 * our code tasks execute model-written programs in our sandbox (bubblewrap, :mod:`sdlm.scoring.sandbox`), which
   must be usable; when every requested code task is ours, ``--confirm_run_unsafe_code`` is added (stock code
   tasks run code unsandboxed: those still need the flag from you).
@@ -92,8 +96,14 @@ def main(argv: list[str]) -> int:
     from sdlm.threads import set_threads
 
     set_threads(_THREADS[0])
-    import sdlm.adapter  # noqa: F401  (registers the "sdlm" model)
+    import lm_eval.api.model
+
+    import sdlm.adapter  # registers the "sdlm" model
     from lm_eval.__main__ import cli_evaluate
+
+    original = lm_eval.api.model.CachingLM
+    if _has(args, "--use_cache"):  # one cache file per decoder (lm-eval keys requests without the model's arguments)
+        lm_eval.api.model.CachingLM = sdlm.adapter.decoder_keyed_caching_lm()
 
     saved = sys.argv
     sys.argv = ["lm-eval", *args]
@@ -103,4 +113,5 @@ def main(argv: list[str]) -> int:
         return int(e.code or 0) if not isinstance(e.code, str) else 2
     finally:
         sys.argv = saved
+        lm_eval.api.model.CachingLM = original
     return 0

@@ -533,14 +533,16 @@ def load_tokenizer(folder: str | os.PathLike, config: Any = None) -> Any:
 
 
 def load_model(source: str | os.PathLike, *, dtype: Any = None, device: str = "cpu",
-               attn_implementation: str | None = None, config: Any = None) -> tuple[Any, Any]:
+               attn_implementation: str | None = None, config: Any = None,
+               max_memory: dict | None = None) -> tuple[Any, Any]:
     """``(model, tokenizer)`` from any source (see module doc), eval mode, never running remote code.
 
     ``dtype``: None -> fp32 on CPU, bf16 elsewhere; also "fp32"/"bf16"/"fp16"/"auto" or a torch dtype.
     ``device``: "cpu", "cuda", "cuda:1", or "auto" (accelerate's ``device_map="auto"`` for big models).
     ``attn_implementation``: default "sdpa" (what the authors trained with); "eager" also works.
     ``config``: the folder's config as :func:`load_config` read it already (a caller that checked it before
-    loading the weights; read here otherwise).
+    loading the weights; read here otherwise). ``max_memory`` (with ``device="auto"``): the devices the model may be
+    split over and their budgets, e.g. one data-parallel process's GPU group.
     """
     from transformers import AutoModelForCausalLM
 
@@ -550,6 +552,10 @@ def load_model(source: str | os.PathLike, *, dtype: Any = None, device: str = "c
                                   attn_implementation=attn_implementation or "sdpa")
     if device == "auto":
         kwargs["device_map"] = "auto"
+        if max_memory is not None:
+            kwargs["max_memory"] = max_memory
+    elif max_memory is not None:
+        raise ValueError(f"max_memory splits a model over devices: it needs device='auto', got {device!r}")
     try:
         model, info = AutoModelForCausalLM.from_pretrained(folder, output_loading_info=True, **kwargs)
     except Exception as e:  # noqa: BLE001 - a truncated safetensors file raises the library's own error type

@@ -21,13 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from sdlm.decoders import REFERENCE_TAU, Decoder
-from sdlm.cells import CELL_FILE, FIDELITY_FILE, TRAINING_FILE, samples_file, stats_file
+from sdlm.cells import CELL_FILE, FIDELITY_FILE, SHARD_FILE, SHARDS_DIR, TRAINING_FILE, samples_file, stats_file
 from sdlm.sources import source_kind
 
 __all__ = ["PlanError", "ModelVariant", "Plan", "RES_DEFAULTS"]
 
 RES_DEFAULTS = {"threads": 1, "mem_mb": 4000, "gpu": 0, "runtime": 60}
-_EVAL_DEFAULTS = {"device": "cpu", "dtype": None, "batch_size": 8, "use_cache": True}
+_EVAL_DEFAULTS = {"device": "cpu", "dtype": None, "batch_size": 8, "use_cache": True, "launcher": "sdlm",
+                  "num_processes": None, "shards": 1}
 
 
 class PlanError(ValueError):
@@ -76,6 +77,8 @@ class Plan:
         self.retrofit_bases: list[str] = []
         self._expand_models()
         self.tasks = list(config["tasks"])
+        for model in self.models:
+            self.eval_processes(model)  # a launcher / process / GPU mismatch stops the run before any job
 
     # ------------------------------------------------------------------------------------- models
     def _add(self, variant: ModelVariant) -> None:
@@ -263,6 +266,51 @@ class Plan:
         s["resources"] = resources_of(glob.get("resources"), own.get("resources"))
         return s
 
+    def eval_processes(self, model: str) -> int:
+        """Processes of one evaluation job (data parallel under ``accelerate launch``). Each process gets
+        ``gpu / processes`` GPUs: one with ``device: cuda``; with ``device: auto`` a group the model is split over
+        (the adapter's per-process ``device_map``), like lm-eval's ``parallelize=True`` under ``accelerate launch``.
+        Default: one per GPU, or one process for ``device: auto``. A mismatch is a one-line ``PlanError``."""
+        s = self.eval_settings(model)
+        gpu, where = s["resources"]["gpu"], f"models.{self.models[model].base}.eval (or eval)"
+        n = s.get("num_processes")
+        if s["launcher"] != "accelerate":
+            if n not in (None, 1):
+                raise PlanError(f"config: {where}: num_processes {n} needs launcher: accelerate (launcher is "
+                                f"{s['launcher']!r})")
+            return 1
+        device = str(s.get("device") or "cpu")
+        if n is None:
+            n = 1 if device == "auto" or gpu == 0 else gpu
+        if device.startswith("cuda:"):
+            raise PlanError(f"config: {where}: device {device!r} pins every process to one GPU; use cuda (one GPU per "
+                            "process) or auto (a group of GPUs per process) with launcher: accelerate")
+        if gpu and gpu % n:
+            raise PlanError(f"config: {where}: {gpu} GPU(s) do not split evenly over num_processes {n}")
+        if device == "cuda" and gpu and gpu != n:
+            raise PlanError(f"config: {where}: device cuda runs one GPU per process, but resources.gpu is {gpu} for "
+                            f"num_processes {n}; use device: auto to split the model over {gpu // n} GPUs per process")
+        if device in ("cuda", "auto") and not gpu:
+            raise PlanError(f"config: {where}: device {device} with launcher: accelerate needs resources.gpu >= 1")
+        return n
+
+    def shards(self, model: str) -> list[str]:
+        """The shard folder names of a model's cells (``<i>of<K>``; none when ``shards`` is 1): each shard is its own
+        job over the doc ids ``i, i+K, i+2K, ...`` of every task (:mod:`sdlm.shards`), merged into the cell."""
+        k = int(self.eval_settings(model).get("shards") or 1)
+        return [] if k == 1 else [f"{i}of{k}" for i in range(k)]
+
+    def sharded_models(self) -> list[str]:
+        return [m for m in self.models if self.shards(m)]
+
+    def shard_dir(self, model: str, task: str, decoder: Decoder | str, shard: str) -> str:
+        return f"{self.cell_dir(model, task, decoder)}/{SHARDS_DIR}/{shard}"
+
+    def shard_files(self, model: str, task: str, decoder: str) -> list[str]:
+        """The completion markers of a sharded cell's shards (what its merge waits for)."""
+        self.decoder_of_cell(model, task, decoder)
+        return [f"{self.shard_dir(model, task, decoder, s)}/{SHARD_FILE}" for s in self.shards(model)]
+
     def training_of(self, base: str) -> dict[str, Any]:
         return self.config["training"][self.config["models"][base]["retrofit"]["training"]]
 
@@ -279,7 +327,8 @@ class Plan:
 
     # ------------------------------------------------------------------------------------- commands
     def eval_args(self, model: str, task: str, decoder: str) -> str:
-        """Arguments of ``sdlm eval`` for one cell (shell-quoted)."""
+        """Arguments of ``sdlm eval`` for one cell (shell-quoted), with its GPUs (``--gpus``) and processes
+        (``--processes``); a shard job adds ``--shard i/K`` and its own ``--output``."""
         dec = self.decoder_of_cell(model, task, decoder)
         s, t = self.eval_settings(model), self.config["tasks"][task] or {}
         ma: dict[str, Any] = {"pretrained": self.pretrained_of(model), **dec.model_args()}
@@ -298,16 +347,35 @@ class Plan:
         if self.config.get("system_prompt") is not None:
             args += ["--system-prompt", self.config["system_prompt"]]
         args += ["--model-key", model]
+        if s["resources"]["gpu"]:
+            args += ["--gpus", str(s["resources"]["gpu"])]  # its own GPUs of the node's pool (sdlm.devices)
+        n = self.eval_processes(model)
+        if n > 1:
+            args += ["--processes", str(n)]  # data parallel: sdlm eval relaunches itself under accelerate launch
         return shlex.join(args)
 
+    def gpu_prefix(self, gpu: int) -> str:
+        """What goes before the command of a training job that declares ``gpu`` GPUs: ``sdlm gpus --need N --``
+        takes N free GPUs of the node's pool and runs the command on them (``CUDA_VISIBLE_DEVICES``,
+        :mod:`sdlm.devices`); nothing for a CPU job. (``sdlm eval`` and ``sdlm distill`` take theirs with ``--gpus``.)"""
+        return shlex.join(["sdlm", "gpus", "--need", str(gpu), "--"]) + " " if gpu else ""
+
+    def distill_device(self) -> str:
+        """``--device`` of self-distillation (the config's eval device), followed by ``--gpus N`` when it declares
+        GPUs: the job takes them from the node's pool. (One value, so the rule's command text stays as it was.)"""
+        device = (self.config.get("eval") or {}).get("device", "cpu")
+        gpu = self.distill_resources()["gpu"]
+        return f"{device} --gpus {gpu}" if gpu else device
+
     def retrofit_command(self, base: str, variant: str) -> str:
-        """The whole ``sdlm retrofit`` command line of one training job (launcher included), shell-quoted.
+        """The whole ``sdlm retrofit`` command line of one training job (GPU pool and launcher included), shell-quoted.
         ``variant``: ``D<D>`` (NSP retrofit) or ``ar`` (the AR-SFT baseline). Every training-preset key is a
         :class:`sdlm.retrofit_config.RetrofitConfig` option, turned into its flag here."""
         from sdlm.retrofit_config import option_args, retrofit_options  # stdlib only
 
         t = self.training_of(base)
         res = self.train_resources(base)
+        prefix = self.gpu_prefix(res["gpu"])
         if t.get("launcher", "sdlm") == "accelerate":
             n = t.get("num_processes") or max(res["gpu"], 1)
             cmd = ["accelerate", "launch", "--num_processes", str(n)]
@@ -334,7 +402,7 @@ class Plan:
             cmd += option_args(f.name, value)
         if t.get("launcher", "sdlm") != "accelerate":
             cmd += ["--threads", str(res["threads"])]
-        return shlex.join(cmd)
+        return prefix + shlex.join(cmd)
 
     def omp_threads(self, base: str, threads: int) -> int:
         """Threads per process: the job's threads shared among accelerate's processes."""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -117,3 +118,27 @@ def test_unset_data_folder_with_the_hub_off_fails_at_once(ckpt):
     assert proc.returncode == 2 and "SDLM_DATA_DIR" in proc.stderr and "hub is off" in proc.stderr, proc.stderr
     assert "torch imported: False" in proc.stdout  # before the model (or lm-eval's run) starts
     assert time.monotonic() - t0 < GENEROUS_S
+
+
+@pytest.mark.skipif(DATA is None, reason="benchmark data not found")
+def test_use_cache_is_keyed_by_the_decoder(ckpt, tmp_path):
+    """`--use_cache PATH`: lm-eval keys a cached answer by the request alone, so another tau would get the first
+    decoder's answers. Per decoder one cache file: the second tau decodes everything itself, the first one run
+    again takes both answers from its file, and decode_totals says how many came from the cache."""
+    def cell(tau: float, name: str) -> dict:
+        proc = run(["lm-eval", "run", "--model", "sdlm", "--model_args",
+                    f"pretrained={ckpt},alg=prob_conf,block_size=4,threshold={tau},max_new_tokens=12", "--tasks",
+                    "gsm8k_sdlm", "--limit", "2", "--device", "cpu", "--use_cache", str(tmp_path / "cache"),
+                    "--output_path", str(tmp_path / name), "--log_samples", "--threads", "1"], SDLM_DATA_DIR=DATA)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results = json.loads(sorted((tmp_path / name).rglob("results_*.json"))[-1].read_text())
+        samples = [json.loads(x) for x in sorted((tmp_path / name).rglob("samples_gsm8k_sdlm*.jsonl"))[-1].read_text().splitlines()]
+        return {"totals": results["config"]["decode_totals"], "resps": [s["resps"] for s in samples]}
+
+    first, other, again = cell(0.5, "a"), cell(2.0, "b"), cell(0.5, "c")
+    assert (first["totals"]["requests"], first["totals"]["requests_from_cache"]) == (2, 0)
+    assert (other["totals"]["requests"], other["totals"]["requests_from_cache"]) == (2, 0)  # its own file
+    assert (again["totals"]["requests"], again["totals"]["requests_from_cache"]) == (0, 2)
+    assert again["resps"] == first["resps"]
+    files = sorted(p.name for p in tmp_path.iterdir() if p.suffix == ".db")
+    assert len(files) == 2 and all(re.fullmatch(r"cache_sdlm-[0-9a-f]{16}_rank0\.db", f) for f in files)

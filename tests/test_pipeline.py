@@ -109,13 +109,15 @@ def write_config(path: Path, **changes) -> Path:
 # ================================================================================ dry runs of the shipped configs
 @pytest.mark.parametrize("name, expected", [
     # every SDLM (model, D, task) adds its one-token-per-step reference cell (eval_reference) and every cell of
-    # an SDLM model a fidelity job: demo 2 D x 3 tasks and 20 + 6 + 6 SDLM cells; paper 5 SDLMs x 8 tasks
+    # an SDLM model a fidelity job: demo 2 D x 3 tasks and 20 + 6 + 6 SDLM cells; paper 5 SDLMs x 8 tasks;
     ("smollm2.yaml", {"prepare_model": 1, "prepare_sft": 1, "retrofit": 2, "ar_sft": 1, "eval_confidence": 20,
                      "eval_self_speculative": 6, "eval_ar": 3, "eval_reference": 6, "fidelity": 32, "models_meta": 1,
                      "aggregate": 1, "report": 1, "all": 1, "total": 76}),
-    ("paper.yaml", {"prepare_model": 6, "prepare_sft": 1, "retrofit": 2, "ar_sft": 1, "eval_confidence": 320,
-                    "eval_self_speculative": 40, "eval_ar": 24, "eval_reference": 40, "fidelity": 400, "models_meta": 1,
-                    "aggregate": 1, "report": 1, "all": 1, "total": 838}),
+    # the 88 cells of the two 32B models (80 SDLM, 8 AR) in 4 shard jobs each, merged: eval_shard + merge_shards
+    ("paper.yaml", {"prepare_model": 6, "prepare_sft": 1, "retrofit": 2, "ar_sft": 1, "eval_confidence": 256,
+                    "eval_self_speculative": 32, "eval_ar": 16, "eval_reference": 32, "eval_shard": 352,
+                    "merge_shards": 88, "fidelity": 400, "models_meta": 1, "aggregate": 1, "report": 1, "all": 1,
+                    "total": 1190}),
 ])
 def test_dag_of_shipped_configs(tmp_path, name, expected):
     assert dry(tmp_path, config=REPO / "config" / name) == expected
@@ -149,7 +151,7 @@ def test_slurm_profile_dry_run(tmp_path):
     pytest.importorskip("snakemake_executor_plugin_slurm")
     proc = smk(tmp_path, "-n", "--workflow-profile", str(REPO / "pipeline" / "profiles" / "slurm"),
                config=REPO / "config" / "paper.yaml")
-    assert job_counts(proc.stdout + proc.stderr)["total"] == 838
+    assert job_counts(proc.stdout + proc.stderr)["total"] == 1190
 
 
 # ================================================================================ validation

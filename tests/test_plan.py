@@ -192,7 +192,10 @@ def test_bad_process_settings_are_one_line_errors(settings, message):
 def test_sharded_cells():
     """eval.shards: K -> K shard folders per cell, what its merge waits for; unsharded models have none."""
     p = _paper(shards=3)
-    assert p.shards("sdlm-3b-d4") == ["0of3", "1of3", "2of3"] and p.sharded_models() == ["sdlm-3b-d4"]
+    assert p.shards("sdlm-3b-d4") == ["0of3", "1of3", "2of3"]
+    # paper.yaml shards the two 32B models' cells in 4 (their eval settings), the override adds sdlm-3b-d4
+    assert sorted(p.sharded_models()) == ["qwen2.5-32b-instruct", "sdlm-32b-d4", "sdlm-3b-d4"]
+    assert p.shards("sdlm-32b-d4") == ["0of4", "1of4", "2of4", "3of4"]
     assert p.shard_files("sdlm-3b-d4", "gsm8k_sdlm", "step1_D4") == [
         f"results/cells/sdlm-3b-d4/gsm8k_sdlm/step1_D4/shards/{i}of3/shard.json" for i in range(3)]
     assert p.shards("sdlm-3b-d8") == []

@@ -23,7 +23,7 @@ try:
                  files=workflow.overwrite_configfiles or [REPO / "config" / "config.yaml"])
 except ConfigError as _e:
     raise WorkflowError(str(_e)) from None
-from sdlm.cells import CELL_FILE, FIDELITY_FILE, TRAINING_FILE
+from sdlm.cells import CELL_FILE, FIDELITY_FILE, SHARD_FILE, SHARDS_DIR, TRAINING_FILE
 from sdlm.decoders import DECODER_PATTERN
 from sdlm.plan import Plan, PlanError
 
@@ -46,6 +46,13 @@ if config.get("offline"):
     for _v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ[_v] = "1"
 os.environ.setdefault("HF_ALLOW_CODE_EVAL", "1")
+# the node's GPU pool that GPU jobs draw their own devices from (sdlm.devices; a SLURM job uses its allocation's)
+from sdlm.devices import GPU_IDS_ENV, JOBS_PER_GPU_ENV
+
+if (config.get("gpus") or {}).get("ids"):
+    os.environ[GPU_IDS_ENV] = ",".join(str(i) for i in config["gpus"]["ids"])
+if int((config.get("gpus") or {}).get("jobs_per_gpu") or 1) > 1:
+    os.environ[JOBS_PER_GPU_ENV] = str(config["gpus"]["jobs_per_gpu"])
 os.environ["PYTHONUNBUFFERED"] = "1"  # progress lines reach the job logs as they happen
 # `sdlm` jobs stop when this Snakemake process is gone (sdlm.watchdog), so a SIGKILLed run leaves no job finishing
 # behind its back and `snakemake --unlock` + the same command resumes it.
@@ -67,6 +74,12 @@ wildcard_constraints:
     dataset=_alternation(config.get("sft_data") or {}),
     task=_alternation(TASKS),
     decoder=DECODER_PATTERN,
+    shard=r"[0-9]+of[0-9]+",
+
+
+# a sharded model's cells are merged from shard jobs (eval_shard + merge_shards), the others made by eval_cell
+SHARDED = _alternation(PLAN.sharded_models())
+UNSHARDED = _alternation([m for m in MODELS if m not in PLAN.sharded_models()])
 
 
 # ---------------------------------------------------------------------------------------------- input functions
@@ -102,6 +115,11 @@ def model_ready(wildcards):
 @_plan
 def eval_args(wildcards):
     return PLAN.eval_args(wildcards.model, wildcards.task, wildcards.decoder)
+
+
+@_plan
+def shard_files(wildcards):
+    return PLAN.shard_files(wildcards.model, wildcards.task, wildcards.decoder)
 
 
 def eval_resources(wildcards, key):

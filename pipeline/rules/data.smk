@@ -40,7 +40,7 @@ rule distill_sft:
         max_new=lambda wc: distill_settings(wc.dataset).get("max_new_tokens", 320),
         batch=lambda wc: distill_settings(wc.dataset).get("batch_size", 16),
         drop=lambda wc: "--drop-unfinished" if distill_settings(wc.dataset).get("drop_unfinished") else "",
-        device=lambda wc: config.get("eval", {}).get("device", "cpu"),
+        device=lambda wc: PLAN.distill_device(),  # eval.device (+ --gpus N: its own GPUs of the node's pool)
         dtype=lambda wc: f"--dtype {PLAN.distill_dtype(wc.dataset)}" if PLAN.distill_dtype(wc.dataset) else "",
     log:
         f"{RESULTS}/logs/distill_sft/{{dataset}}.log",

@@ -1,8 +1,10 @@
-# Stage 4: evaluation cells. One job per (model, task, decoder) -> results/cells/<model>/<task>/<decoder>/,
-# written by `sdlm eval` (results.json, samples_<task>.jsonl, stats_<task>.jsonl, and cell.json LAST and
-# atomically: a cell folder without cell.json is not done, and the job reruns). The decoder folder names are
-# sdlm.decoders.Decoder.name: <alg>_D<D>_tau<tau> (confidence), self_speculative_D<D>, ar, and step1_D<D>
-# (one-token-per-step decoding of every SDLM model: the reference of the fidelity files).
+# Stage 4: evaluation cells. One job per (model, task, decoder) -> results/cells/<model>/<task>/<decoder>/ (or one
+# job per shard and a merge, with eval.shards), written by `sdlm eval` (results.json, samples_<task>.jsonl,
+# stats_<task>.jsonl, and cell.json LAST and atomically: a cell folder without cell.json is not done, and the job
+# reruns). The decoder folder names are sdlm.decoders.Decoder.name: <alg>_D<D>_tau<tau> (confidence),
+# self_speculative_D<D>, ar, and step1_D<D> (one-token-per-step decoding of every SDLM model: the reference of the
+# fidelity files). A GPU job takes its own GPUs of the node (`--gpus N`, sdlm.devices); data parallel is
+# `--processes P` (sdlm eval relaunches itself under accelerate launch): both in {params.args} (sdlm.plan).
 # Evaluation requests stream to the job log (lm-eval's progress bar "generate_until (sdlm)").
 # Finished generation batches are kept in the cell folder (partial_generations.rank<r>.jsonl, not a declared
 # output): the same command after a stop decodes only the rest (README "Resuming a stopped run").
@@ -14,6 +16,8 @@ rule eval_cell:
         model=model_ready,
     output:
         f"{RESULTS}/cells/{{model}}/{{task}}/{{decoder}}/{CELL_FILE}",
+    wildcard_constraints:
+        model=UNSHARDED,  # a sharded model's cells come from merge_shards
     params:
         args=eval_args,
         outdir=lambda wc, output: os.path.dirname(output[0]),
@@ -28,6 +32,55 @@ rule eval_cell:
         runtime=lambda wc: eval_resources(wc, "runtime"),
     shell:
         "OMP_NUM_THREADS={threads} sdlm eval {params.args} --output {params.outdir} > {log} 2>&1"
+
+
+# Sharded cells (eval.shards: K): one job per shard over the doc ids i, i+K, ... of the task, into
+# <cell>/shards/<i>of<K>/ (shard.json written last; a finished shard is never recomputed, a stopped one resumes from
+# its own partial_generations files); then merge_shards writes the cell's files as one unsharded job would
+# (sdlm.shards: samples byte-identical, metrics recomputed in doc order, timings summed).
+rule eval_shard:
+    input:
+        model=model_ready,
+    output:
+        f"{RESULTS}/cells/{{model}}/{{task}}/{{decoder}}/{SHARDS_DIR}/{{shard}}/{SHARD_FILE}",
+    wildcard_constraints:
+        model=SHARDED,
+    params:
+        args=eval_args,
+        outdir=lambda wc, output: os.path.dirname(output[0]),
+    log:
+        f"{RESULTS}/logs/eval/{{model}}/{{task}}/{{decoder}}/shard{{shard}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/eval/{{model}}/{{task}}/{{decoder}}/shard{{shard}}.tsv"
+    threads: lambda wc: eval_resources(wc, "threads")
+    resources:
+        mem_mb=lambda wc: eval_resources(wc, "mem_mb"),
+        gpu=lambda wc: eval_resources(wc, "gpu"),
+        runtime=lambda wc: eval_resources(wc, "runtime"),
+    shell:
+        "OMP_NUM_THREADS={threads} sdlm eval {params.args} --output {params.outdir} --shard {wildcards.shard} > {log} 2>&1"
+
+
+localrules:
+    merge_shards,
+
+
+rule merge_shards:
+    input:
+        shard_files,
+    output:
+        f"{RESULTS}/cells/{{model}}/{{task}}/{{decoder}}/{CELL_FILE}",
+    wildcard_constraints:
+        model=SHARDED,
+    params:
+        outdir=lambda wc, output: os.path.dirname(output[0]),
+    log:
+        f"{RESULTS}/logs/eval/{{model}}/{{task}}/{{decoder}}.log",
+    threads: 1
+    resources:
+        mem_mb=PLAN.shared_resources("report")["mem_mb"],
+    shell:
+        "sdlm merge-shards --output {params.outdir} {input:q} > {log} 2>&1"
 
 
 # fidelity.json (sdlm.fidelity.write_fidelity): n, identical_text, same_answer per task of the cell, against
