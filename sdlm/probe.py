@@ -4,15 +4,20 @@ Why: the loss per block index says little about how many tokens confidence decod
 curve that matters (and that a CPU budget is chosen from) is TPF against training steps. Every
 ``every`` optimizer steps the probe decodes a few held-out chat prompts with the model being trained --
 confidence decoding at each threshold and self-speculative decoding, cached, fp32, greedy, exactly the
-engine evaluation uses -- and records ``{"step", "train_seconds", "tpf": {...}}``. Probe time is kept
-out of ``train_seconds`` so the curve's x axis is training cost only. A resumed run continues the curve
+engine evaluation uses -- and records ``{"step", "train_seconds", "tpf": {...}}``. TPF alone is no health
+signal: a model that has lost its answers can still accept many tokens per forward (the claim run's step-0
+probe gave TPF 2.16 before any training). So the probe also records ``heldout_loss``, the cross-entropy per
+block index and of the clean response tokens on the same held-out records (``losses``: a callable the trainer
+supplies, :func:`sdlm.train.block_losses` on their NSP rows); a held-out ``loss_pos0`` that climbs while the
+training loss falls is a model fitting its rows and losing new prompts. Probe time is kept out of
+``train_seconds`` so the curve's x axis is training cost only. A resumed run continues the curve
 (:meth:`TPFProbe.state` is saved with each resume checkpoint, :meth:`TPFProbe.restore` reads it back).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -46,7 +51,7 @@ class TPFProbe(TrainerCallback):
 
     def __init__(self, model: Any, tokenizer: Any, prompts: Sequence[str], *, block_size: int, every: int,
                  taus: Sequence[float] = (0.98, 0.82), self_speculative: bool = True, max_new_tokens: int = 96,
-                 at_start: bool = True, stream: Any = None):
+                 at_start: bool = True, stream: Any = None, losses: Callable[[], dict[str, float]] | None = None):
         if every < 1:
             raise ValueError(f"probe interval must be >= 1 step, got {every}")
         if not prompts:
@@ -54,7 +59,7 @@ class TPFProbe(TrainerCallback):
         self.model, self.tokenizer, self.prompts = model, tokenizer, list(prompts)
         self.kw = dict(block_size=block_size, taus=tuple(taus), self_speculative=self_speculative,
                        max_new_tokens=max_new_tokens)
-        self.every, self.at_start, self.stream = every, at_start, stream
+        self.every, self.at_start, self.stream, self.losses = every, at_start, stream, losses
         self.curve: list[dict[str, Any]] = []
         self.probe_seconds = 0.0
         self.train_seconds_before = 0.0  # training time of earlier processes of a resumed run
@@ -84,15 +89,20 @@ class TPFProbe(TrainerCallback):
             # decode outside the Trainer's bf16 autocast: fp32, as evaluation decodes
             with torch.autocast(device_type=next(self.model.parameters()).device.type, enabled=False):
                 tpf = measure_tpf(self.model, self.tokenizer, self.prompts, **self.kw)
+                heldout = self.losses() if self.losses is not None else None
         finally:
             self.model.config.use_cache = use_cache
             self.model.train(was_training)
         took = time.perf_counter() - t
         self.probe_seconds += took
-        self.curve.append({"step": step, "train_seconds": round(train_s, 2), "n_prompts": len(self.prompts),
-                           "max_new_tokens": self.kw["max_new_tokens"], "probe_seconds": round(took, 2), "tpf": tpf})
+        point = {"step": step, "train_seconds": round(train_s, 2), "n_prompts": len(self.prompts),
+                 "max_new_tokens": self.kw["max_new_tokens"], "probe_seconds": round(took, 2), "tpf": tpf}
+        if heldout is not None:
+            point["heldout_loss"] = {k: round(v, 4) for k, v in heldout.items()}
+        self.curve.append(point)
         if self.stream is not None:
             print(f"[sdlm] tpf probe step {step}: " + " ".join(f"{k} {v:.3f}" for k, v in tpf.items())
+                  + ("; held-out " + " ".join(f"{k} {v:.3f}" for k, v in heldout.items()) if heldout else "")
                   + f" ({took:.0f}s)", file=self.stream, flush=True)
 
     def on_train_begin(self, args, state, control, **kwargs):

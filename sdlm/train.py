@@ -473,9 +473,13 @@ def retrofit(cfg: RetrofitConfig, *, model: Any = None, tokenizer: Any = None,
     callbacks: list[TrainerCallback] = [printer]
     probe = None
     if probing:
+        # the held-out records' own rows (clean response tokens labelled too): the probe's health signal
+        held_rows, _ = build_nsp_rows(held, tokenizer, block_size=cfg.block_size, mask_token_id=mask_id,
+                                      max_len=cfg.max_len, repeat=cfg.repeat, clean_loss=True, seed=cfg.seed)
         probe = TPFProbe(model, tokenizer, [chat_prompt(tokenizer, r) for r in held], block_size=cfg.block_size,
                          every=cfg.probe_every, taus=cfg.probe_taus, max_new_tokens=cfg.probe_max_new_tokens,
-                         at_start=cfg.probe_at_start, stream=printer.stream)
+                         at_start=cfg.probe_at_start, stream=printer.stream,
+                         losses=lambda: block_losses(model, held_rows, collator))
         callbacks.append(probe)
     print(f"[sdlm] trainable parameters: {counts['trainable']:,} of {counts['total']:,}", file=printer.stream, flush=True)
 

@@ -32,8 +32,9 @@ def test_claim_grid():
     assert p.models["qwen-D4"].baseline == "qwen" and p.models["qwen"].kind == "ar"
     assert "--limit" not in shlex.split(p.eval_args("qwen", "humaneval_sdlm", "ar"))  # all 164 problems
     cmd = p.retrofit_command("qwen", "D4")
-    for flag, value in (("--lr", "2e-05"), ("--max-len", "384"), ("--block-size", "4"), ("--probe-prompts", "8")):
+    for flag, value in (("--lr", "1e-05"), ("--max-len", "384"), ("--block-size", "4"), ("--probe-prompts", "8")):
         assert f"{flag} {value}" in cmd, (flag, cmd)
+    assert "--clean-loss" in shlex.split(cmd)  # the second claim run labels the clean response tokens too
 
 
 def test_demo_grid():

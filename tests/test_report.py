@@ -377,20 +377,25 @@ def _training_json(folder: Path, curve: list | None) -> Path:
     return folder / "sdlm_training.json"
 
 
-def _curve(scale: float) -> list[dict]:
+def _curve(scale: float, held: bool = False) -> list[dict]:
+    """A probe curve; ``held``: with the held-out losses the probe records since the claim run."""
     return [{"step": s, "train_seconds": 10.0 * s, "n_prompts": 8, "max_new_tokens": 96, "probe_seconds": 3.0,
              "tpf": {"prob_conf_tau0.98": 1.0 + scale * s, "prob_conf_tau0.82": 1.1 + 2 * scale * s,
-                     "self_speculative": 1.2 + 3 * scale * s}} for s in (0, 4, 8)]
+                     "self_speculative": 1.2 + 3 * scale * s}}
+            | ({"heldout_loss": {"loss_pos0": 0.5 + s / 100, "loss_pos1": 2.0, "loss_clean": 0.4}} if held else {})
+            for s in (0, 4, 8)]
 
 
 def test_tpf_curves_and_figure(cells, tmp_path):
     ck = tmp_path / "checkpoints"
-    files = {"sd-D4": _training_json(ck / "sd-D4", _curve(0.1)), "sd-D8": _training_json(ck / "sd-D8", _curve(0.2)),
+    files = {"sd-D4": _training_json(ck / "sd-D4", _curve(0.1)), "sd-D8": _training_json(ck / "sd-D8", _curve(0.2, held=True)),
              "base-ar": _training_json(ck / "base-ar", None)}  # an older / AR checkpoint: no tpf_curve
     curves = R.load_tpf_curves(files)
     assert set(curves.model) == {"sd-D4", "sd-D8"} and len(curves) == 2 * 3 * 3
     r = curves[(curves.model == "sd-D8") & (curves.step == 8) & (curves.decoder == "self_speculative")].iloc[0]
     assert (r.tpf, r.train_seconds, r.n_prompts, r.max_new_tokens) == (pytest.approx(1.2 + 3 * 0.2 * 8), 80.0, 8, 96)
+    assert r.heldout_loss_pos0 == pytest.approx(0.58)  # 0.5 + 8/100, on every decoder's row of that step
+    assert curves[curves.model == "sd-D4"].heldout_loss_pos0.isna().all()  # an older curve: no held-out loss
     assert R.load_tpf_curves(list(files.values())).model.tolist() == curves.model.tolist()  # key = folder name
     assert R.load_tpf_curves([files["base-ar"]]).empty and R.load_tpf_curves(None).empty
     assert R.curve_label("prob_conf_tau0.82") == "conf 0.82" and R.curve_label("self_speculative") == "self-spec"

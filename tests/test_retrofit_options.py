@@ -86,6 +86,18 @@ def test_tpf_probe_curve_holds_out_prompts_and_excludes_probe_time(tmp_path):
     again = measure_tpf(model, tok, [chat_prompt(tok, r) for r in corpus(40, 1)[-3:]], block_size=4,
                         taus=(0.9, 2.0), max_new_tokens=8)
     assert again == curve[-1]["tpf"]
+    # held-out losses at every point: the probe's records, their NSP rows, the model of that step
+    assert all(set(p["heldout_loss"]) == {"loss_pos0", "loss_pos1", "loss_pos2", "loss_pos3", "loss_clean"} for p in curve)
+    from sdlm.nsp import NSPCollator, build_nsp_rows
+    from sdlm.train import block_losses
+
+    rows, _ = build_nsp_rows(corpus(40, 1)[-3:], tok, block_size=4, mask_token_id=model.config.text_mask_token_id,
+                             max_len=96, clean_loss=True, seed=0)
+    final = block_losses(model, rows, NSPCollator(4, 0))  # padding is never visible nor labelled
+    assert curve[-1]["heldout_loss"] == pytest.approx(final, abs=1e-4)
+    # the held-out records follow the training records' pattern (alphabet runs): their losses fall
+    assert curve[-1]["heldout_loss"]["loss_pos1"] < curve[0]["heldout_loss"]["loss_pos1"]
+    assert "held-out loss_pos0" in log.getvalue()
 
 
 def test_probe_needs_prompts_left_for_training(tmp_path):

@@ -254,9 +254,18 @@ def _figure_tpf_steps(curves: pd.DataFrame, models: Mapping[str, Mapping[str, An
         ax.set_xlabel("training step")
         ax.set_ylabel("TPF (tokens per forward)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        handles, labels = ax.get_legend_handles_labels()
+        loss = g.drop_duplicates("step").sort_values("step")
+        loss = loss[loss["heldout_loss_pos0"].notna()] if "heldout_loss_pos0" in loss else loss.iloc[:0]
+        if not loss.empty:  # the health signal beside the speed: TPF can rise while answers are lost
+            ax2 = ax.twinx()
+            line, = ax2.plot(loss["step"], loss["heldout_loss_pos0"], marker="s", markersize=3, color="grey",
+                             linestyle=":", label="held-out next-token loss")
+            ax2.set_ylabel("held-out loss, block index 0", fontsize=8)
+            handles, labels = handles + [line], labels + [line.get_label()]
+        ax.legend(handles, labels, fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_axis_off()
-    fig.suptitle("TPF on held-out prompts during retrofit training")
+    fig.suptitle("TPF (and held-out loss) on held-out prompts during retrofit training")
     fig.tight_layout()
     _save(fig, path, dpi=110)

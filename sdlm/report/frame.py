@@ -299,10 +299,12 @@ def training_files(frame: pd.DataFrame) -> dict[str, Path]:
 def load_tpf_curves(training: Mapping[str, str | os.PathLike] | Iterable[str | os.PathLike] | None) -> pd.DataFrame:
     """The TPF probe curves of retrofits: ``sdlm_training.json`` files (a list: the model key is the
     checkpoint folder's name; or a mapping model key -> file) -> one row per (model, step, decoder key) with
-    ``train_seconds``, ``n_prompts``, ``max_new_tokens`` and ``tpf``. Files without ``tpf_curve`` (older
-    checkpoints, AR-SFT baselines) add no rows; the ``tpf`` keys (``prob_conf_tau0.98``, ``self_speculative``,
-    ...) are taken as they come."""
-    cols = ["model", "step", "train_seconds", "n_prompts", "max_new_tokens", "decoder", "tpf", "training_file"]
+    ``train_seconds``, ``n_prompts``, ``max_new_tokens``, ``tpf`` and ``heldout_loss_pos0`` (the probe's
+    held-out next-token loss at that step; NaN for curves recorded before the probe measured it). Files
+    without ``tpf_curve`` (older checkpoints, AR-SFT baselines) add no rows; the ``tpf`` keys
+    (``prob_conf_tau0.98``, ``self_speculative``, ...) are taken as they come."""
+    cols = ["model", "step", "train_seconds", "n_prompts", "max_new_tokens", "decoder", "tpf", "heldout_loss_pos0",
+            "training_file"]
     if training is None:
         return pd.DataFrame(columns=cols)
     items = training.items() if isinstance(training, Mapping) else ((Path(p).parent.name, p) for p in training)
@@ -320,12 +322,16 @@ def load_tpf_curves(training: Mapping[str, str | os.PathLike] | Iterable[str | o
             if step is None or not isinstance(tpf, dict):
                 warnings.warn(f"{path}: tpf_curve point {point!r} has no step or tpf dict; skipped", stacklevel=2)
                 continue
+            held = point.get("heldout_loss")
+            loss0 = _num(held.get("loss_pos0")) if isinstance(held, dict) else None
             for key, value in tpf.items():
                 if _num(value) is None:
                     continue
                 rows.append({"model": str(model), "step": int(step), "train_seconds": _num(point.get("train_seconds")),
                              "n_prompts": point.get("n_prompts"), "max_new_tokens": point.get("max_new_tokens"),
-                             "decoder": str(key), "tpf": float(value), "training_file": str(path)})
+                             "decoder": str(key), "tpf": float(value),
+                             "heldout_loss_pos0": float("nan") if loss0 is None else float(loss0),
+                             "training_file": str(path)})
     return pd.DataFrame(rows, columns=cols)
 
 
