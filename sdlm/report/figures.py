@@ -188,7 +188,7 @@ def _figure_claim(frame: pd.DataFrame, models: Mapping[str, Mapping[str, Any]], 
     if not panels:
         _placeholder_figure(path, "no SDLM model with an AR baseline cell\n(models.<key>.baseline)")
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 5.6), squeeze=False)
     for ax, (model, base, bench) in zip(axes[0], panels):
         ar = f[(f["model"] == base) & (f["alg"] == "ar") & (f["benchmark"] == bench)].iloc[0]
         sub = f[(f["model"] == model) & (f["benchmark"] == bench)].sort_values("tpf")
@@ -222,9 +222,11 @@ def _figure_claim(frame: pd.DataFrame, models: Mapping[str, Mapping[str, Any]], 
         placer = _LabelPlacer(ax)
         for text, x, y in placer_points:
             placer.add(text, x, y, "dimgrey")
-        ax.legend(fontsize=7, loc="lower left")
-    fig.suptitle("Accuracy against tokens per forward, AR baseline band (labels: paired McNemar p vs the baseline)")
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
+        # below the axes: inside, it hid points (a collapsed retrofit sits in the lower left corner)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)
+    fig.suptitle("Accuracy against tokens per forward\nAR baseline band; labels: paired McNemar p vs the baseline",
+                 fontsize=10)
+    fig.tight_layout()
     _save(fig, path, dpi=110)
 
 
