@@ -100,21 +100,22 @@ def main(argv: list[str] | None = None) -> int:
                                  repeat=args.repeat, clean_loss=True, seed=args.seed)[0] for name, recs in sets.items()}
     collator = NSPCollator(block_size=D, pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else 0)
 
-    table: dict[str, dict[str, dict[str, float]]] = {}
-    for label, load in (("retrofit", lambda: (retro, tok)), ("base", lambda: load_model(args.base, dtype="fp32"))):
-        model, mtok = load()
-        if label == "base":
-            del retro
-            got = ensure_mask_token(model, mtok, block_size=D)
-            if got != mask_id:
-                raise SystemExit(f"the base model's mask token id would be {got}, the retrofit's is {mask_id}")
+    def score(label: str, model) -> None:
         for name, rs in rows.items():
             t = time.perf_counter()
             with torch.no_grad():
                 table.setdefault(name, {})[label] = block_losses(model, rs, collator, batch_size=4)
             print(f"{label:8s} {name:14s} {len(rs):3d} rows {time.perf_counter() - t:6.1f} s  "
                   + "  ".join(f"{k} {v:.3f}" for k, v in table[name][label].items()), flush=True)
-        del model
+
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    score("retrofit", retro)
+    del retro  # one 0.5B model in memory at a time
+    base, btok = load_model(args.base, dtype="fp32")
+    got = ensure_mask_token(base, btok, block_size=D)  # the mask row a retrofit starts from (step 0)
+    if got != mask_id:
+        raise SystemExit(f"the base model's mask token id would be {got}, the retrofit's is {mask_id}")
+    score("base", base)
 
     keys = ["loss_clean"] + [f"loss_pos{i}" for i in range(D)]
     print("\n| set | rows | model | " + " | ".join(keys) + " |")

@@ -47,9 +47,9 @@ def test_concurrent_jobs_get_disjoint_gpus_and_release_them_on_success_failure_a
     assert sorted(g for ids in got.values() for g in ids) == ["0", "1", "2", "3"]  # disjoint, the whole pool
 
     waiting = start(tmp_path, "e", 2)  # the pool is taken: it waits instead of sharing a GPU
-    t0 = time.monotonic()
-    while "waiting for 2 free GPU(s)" not in (line := waiting.stderr.readline()) and time.monotonic() - t0 < 60:
-        pass
+    line, deadline = "", time.monotonic() + 60
+    while "waiting for 2 free GPU(s)" not in line and time.monotonic() < deadline:
+        line = waiting.stderr.readline()
     assert "waiting for 2 free GPU(s) of 0, 1, 2, 3" in line and not (tmp_path / "e.gpus").exists()
 
     (tmp_path / "a.go").write_text("0")  # success
