@@ -22,7 +22,10 @@ pytest.importorskip("snakemake_executor_plugin_slurm")
 
 CELL = "results/cells/qwen2.5-3b-instruct/gsm8k_sdlm/ar/cell.json"
 TRAIN = "results/checkpoints/qwen2.5-3b-D4/sdlm_training.json"
-RECORD = "for a in \"$@\"; do printf '%s\\n' \"$a\"; done >> \"$FAKE_{name}_LOG\"; echo ---- >> \"$FAKE_{name}_LOG\"\n"
+# One file per call, renamed into place when complete: Snakemake submits the two jobs at once, and two fake
+# sbatch appending to one log interleave their lines (a CI run read them as one record).
+RECORD = ("d=\"$FAKE_{name}_LOG\"; mkdir -p \"$d\"; f=$(mktemp \"$d/$(date +%s%N).XXXXXX\"); "
+          "for a in \"$@\"; do printf '%s\\n' \"$a\"; done > \"$f\"; mv \"$f\" \"$f.rec\"\n")
 
 
 def _version(name: str) -> tuple[int, ...]:
@@ -47,9 +50,8 @@ def _fake_slurm(bin_dir: Path) -> None:
 
 
 def _records(path: Path) -> list[list[str]]:
-    if not path.exists():
-        return []
-    return [block.strip("\n").split("\n") for block in path.read_text().split("----\n") if block.strip()]
+    """The calls' arguments, in call order (file names start with the call's time in ns)."""
+    return [f.read_text().rstrip("\n").split("\n") for f in sorted(path.glob("*.rec"))]
 
 
 def _wait(path: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> list[list[str]]:
