@@ -28,7 +28,7 @@ def _pyplot():
 
 
 def _save(fig, path: Path, dpi: int = 110) -> None:
-    fig.savefig(path, dpi=dpi)
+    fig.savefig(path, dpi=dpi)  # fixed size: titles and legends are laid out to fit a one-panel figure
     _pyplot().close(fig)
 
 
@@ -130,9 +130,10 @@ def _figure_tau(frame: pd.DataFrame, paper: pd.DataFrame, models: Mapping[str, M
     for ax in axes.flat:
         for h, lab in zip(*ax.get_legend_handles_labels()):
             handles.setdefault(lab, h)
-    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=min(4, len(handles)), fontsize=8)
-    fig.suptitle("Accuracy vs TPF and wall-clock speed-up as tau falls (point labels: tau)")
-    fig.tight_layout(rect=(0, 0.08 + 0.02 * (len(handles) // 4), 1, 0.96))
+    ncol = max(1, min(4, len(handles), n))  # a column per panel: wider legends ran off a one-panel figure
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=ncol, fontsize=8)
+    fig.suptitle("Accuracy vs TPF and wall-clock speed-up as tau falls\n(point labels: tau)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06 + 0.03 * math.ceil(len(handles) / ncol), 1, 0.95))
     _save(fig, path, dpi=110)
 
 
@@ -268,6 +269,6 @@ def _figure_tpf_steps(curves: pd.DataFrame, models: Mapping[str, Mapping[str, An
         ax.legend(handles, labels, fontsize=7)
     for ax in list(axes.flat)[len(panels):]:
         ax.set_axis_off()
-    fig.suptitle("TPF (and held-out loss) on held-out prompts during retrofit training")
+    fig.suptitle("TPF on held-out prompts during retrofit training\n(grey: their next-token loss)", fontsize=10)
     fig.tight_layout()
     _save(fig, path, dpi=110)

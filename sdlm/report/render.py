@@ -41,7 +41,8 @@ def _html(df: pd.DataFrame, caption: str, notes: list[str]) -> str:
     if df.empty:
         table = "<p><em>no rows</em></p>"
     else:
-        table = df.style.hide(axis="index").set_caption(caption).to_html()
+        # a fixed id: pandas' default is a random uuid, so the same report differed byte-wise on every run
+        table = df.style.hide(axis="index").set_caption(caption).set_uuid("sdlm").to_html()
     notes_html = "".join(f"<p>{n}</p>" for n in notes)
     return f"<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>{caption}</title></head><body>\n{table}\n{notes_html}\n</body></html>\n"
 
