@@ -53,7 +53,7 @@ def test_losses_of_base_and_retrofit_per_set(run, capsys):
     assert got["rows"] == {"train": 8, "held-out MBPP": 3}
     tr = got["losses"]["train"]
     for model in ("base", "retrofit"):
-        assert set(tr[model]) == {"loss_clean", "loss_pos0", "loss_pos1", "loss_pos2", "loss_pos3"}
+        assert set(tr[model]) == {f"{m}_{n}" for m in ("loss", "top1") for n in ("clean", "pos0", "pos1", "pos2", "pos3")}
     # the base model's mask row is fresh (step 0): training is what teaches the block positions
     assert tr["retrofit"]["loss_pos1"] < tr["base"]["loss_pos1"] - 0.5
     assert "| held-out MBPP | 3 | retrofit |" in capsys.readouterr().out

@@ -147,6 +147,35 @@ def test_training_teaches_block_positions(trained):
     assert after["loss_pos0"] < 0.2 * before["loss_pos0"]
 
 
+def test_top1_agreement_of_block_losses(trained):
+    """top1_clean against the stock model's own causal forward (no SDLM mask involved); the block positions'
+    top-1 rates rise with training on the alphabet, where every next letter is determined."""
+    model, tok, mid, D = trained["model"], trained["tok"], trained["mid"], trained["D"]
+    rows, _ = build_nsp_rows(letters_corpus(12, seed=7), tok, block_size=D, mask_token_id=mid, max_len=128,
+                             clean_loss=True, seed=2)
+    col = NSPCollator(D, tok.pad_token_id)
+    got = block_losses(model, rows, col, top1=True)
+    assert set(got) == {f"{m}_{n}" for m in ("loss", "top1") for n in ("pos0", "pos1", "pos2", "pos3", "clean")}
+    assert got == {**block_losses(model, rows, col), **{k: v for k, v in got.items() if k.startswith("top1")}}
+    model.eval()
+    hits = count = 0
+    with torch.no_grad():
+        for r in rows:
+            n = r["meta"]["n_clean"]
+            logits = model(input_ids=torch.tensor([r["input_ids"][:n]])).logits[0]
+            tgt = torch.tensor(r["clean_targets"][:n])
+            keep = tgt != IGNORE
+            hits += int((logits[keep].argmax(-1) == tgt[keep]).sum())
+            count += int(keep.sum())
+    assert count > 100 and got["top1_clean"] == pytest.approx(hits / count, abs=1e-9)
+    fresh, ftok = tiny_model("qwen2", seed=0)
+    ensure_mask_token(fresh, ftok, block_size=D)
+    before = block_losses(fresh, rows, col, top1=True)
+    for i in range(D):
+        assert 0.0 <= before[f"top1_pos{i}"] < got[f"top1_pos{i}"] <= 1.0
+    assert got["top1_pos1"] > 0.9  # the second letter of a block, predicted from the first only: learned
+
+
 def test_progress_and_per_position_logs(trained):
     log = trained["log"]
     assert "[sdlm] step 50/300" in log and "[sdlm] step 300/300" in log
