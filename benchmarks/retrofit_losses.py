@@ -40,8 +40,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-import torch  # noqa: E402
-
 from sdlm.models import ensure_mask_token, load_model  # noqa: E402
 from sdlm.nsp import NSPCollator, build_nsp_rows  # noqa: E402
 from sdlm.provenance import atomic_write_json, provenance  # noqa: E402
@@ -107,8 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     def score(label: str, model) -> None:
         for name, rs in rows.items():
             t = time.perf_counter()
-            with torch.no_grad():
-                table.setdefault(name, {})[label] = block_losses(model, rs, collator, batch_size=4, top1=True)
+            table.setdefault(name, {})[label] = block_losses(model, rs, collator, batch_size=4, top1=True)
             print(f"{label:8s} {name:14s} {len(rs):3d} rows {time.perf_counter() - t:6.1f} s  "
                   + "  ".join(f"{k} {v:.3f}" for k, v in table[name][label].items()), flush=True)
 

@@ -151,6 +151,23 @@ def tiny_sdlm_checkpoint(folder: str | Any, *, seed: int = 0, block_size: int = 
     return str(save_model(model, tok, folder))
 
 
+@torch.no_grad()
+def stock_clean_scores(model: Any, rows: list[dict]) -> tuple[float, int, int]:
+    """(summed CE, argmax hits, count) of the clean response targets of NSP rows, from the stock model's own
+    causal forward over each row's clean sequence alone: a reference that involves no SDLM mask or collator."""
+    nll, hits, count = 0.0, 0, 0
+    model.eval()
+    for r in rows:
+        n = r["meta"]["n_clean"]
+        logits = model(input_ids=torch.tensor([r["input_ids"][:n]])).logits[0]
+        tgt = torch.tensor(r["clean_targets"][:n])
+        keep = tgt != -100
+        nll += float(torch.nn.functional.cross_entropy(logits[keep].float(), tgt[keep], reduction="sum"))
+        hits += int((logits[keep].argmax(-1) == tgt[keep]).sum())
+        count += int(keep.sum())
+    return nll, hits, count
+
+
 def chat_record(user: str, assistant: str | list[str], system: str | None = None) -> dict:
     """A chat/SFT record ``{"messages": [...]}``; a list of assistant strings makes a multi-turn record."""
     msgs: list[dict[str, str]] = [{"role": "system", "content": system}] if system is not None else []

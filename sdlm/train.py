@@ -308,15 +308,14 @@ def block_losses(model: Any, rows: Sequence[dict], collator: NSPCollator, *, bat
     tot = torch.zeros(D + 1, 2, dtype=torch.float64)
     hits = torch.zeros(D + 1, 2, dtype=torch.float64)
     dev = next(model.parameters()).device
-    with torch.no_grad():
-        for i in range(0, len(rows), batch_size):
-            batch = {k: v.to(dev) for k, v in collator(rows[i: i + batch_size]).items()}
-            logits = nsp_forward(model, batch)
-            _, stats, _ = loss_terms(logits, batch, D)
-            tot += stats.cpu()
-            if top1:
-                sel, target, _, groups = measured_positions(batch, D)
-                hits += group_sums((logits[sel].argmax(-1) == target).double(), groups).cpu()
+    for i in range(0, len(rows), batch_size):
+        batch = {k: v.to(dev) for k, v in collator(rows[i: i + batch_size]).items()}
+        logits = nsp_forward(model, batch)
+        _, stats, _ = loss_terms(logits, batch, D)
+        tot += stats.cpu()
+        if top1:
+            sel, target, _, groups = measured_positions(batch, D)
+            hits += group_sums((logits[sel].argmax(-1) == target).double(), groups).cpu()
     model.train(was)
     names = [f"pos{i}" for i in range(D)] + ["clean"]
     out = {f"loss_{n}": float(tot[i, 0] / tot[i, 1]) for i, n in enumerate(names) if tot[i, 1] > 0}

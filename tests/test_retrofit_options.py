@@ -11,7 +11,7 @@ import torch
 
 from sdlm.decoding import generate
 from sdlm.distill import chat_prompt, self_distill
-from sdlm.testing import chat_record, tiny_model
+from sdlm.testing import chat_record, stock_clean_scores, tiny_model
 from sdlm.train import RetrofitConfig, freeze, retrofit
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -96,15 +96,7 @@ def test_tpf_probe_curve_holds_out_prompts_and_excludes_probe_time(tmp_path):
     final = block_losses(model, rows, NSPCollator(4, 0))  # padding is never visible nor labelled
     assert curve[-1]["heldout_loss"] == pytest.approx(final, abs=1e-4)
     # loss_clean independently: the stock model's own causal forward over each held-out clean sequence
-    nll, count = 0.0, 0
-    with torch.no_grad():
-        for r in rows:
-            n = r["meta"]["n_clean"]
-            logits = model(input_ids=torch.tensor([r["input_ids"][:n]])).logits[0]
-            tgt = torch.tensor(r["clean_targets"][:n])
-            keep = tgt != -100
-            nll += float(torch.nn.functional.cross_entropy(logits[keep], tgt[keep], reduction="sum"))
-            count += int(keep.sum())
+    nll, _, count = stock_clean_scores(model, rows)
     assert curve[-1]["heldout_loss"]["loss_clean"] == pytest.approx(nll / count, abs=1e-4)
     # the held-out records follow the training records' pattern (alphabet runs): their losses fall
     assert curve[-1]["heldout_loss"]["loss_pos1"] < curve[0]["heldout_loss"]["loss_pos1"]

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from sdlm.models import ensure_mask_token, load_model, save_model, sdlm_settings
 from sdlm.nsp import IGNORE, NSPCollator, ar_row, build_nsp_rows, nsp_row
-from sdlm.testing import chat_record, tiny_model
+from sdlm.testing import chat_record, stock_clean_scores, tiny_model
 from sdlm.train import RetrofitConfig, block_losses, loss_terms, nsp_forward, retrofit
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -157,16 +157,7 @@ def test_top1_agreement_of_block_losses(trained):
     got = block_losses(model, rows, col, top1=True)
     assert set(got) == {f"{m}_{n}" for m in ("loss", "top1") for n in ("pos0", "pos1", "pos2", "pos3", "clean")}
     assert got == {**block_losses(model, rows, col), **{k: v for k, v in got.items() if k.startswith("top1")}}
-    model.eval()
-    hits = count = 0
-    with torch.no_grad():
-        for r in rows:
-            n = r["meta"]["n_clean"]
-            logits = model(input_ids=torch.tensor([r["input_ids"][:n]])).logits[0]
-            tgt = torch.tensor(r["clean_targets"][:n])
-            keep = tgt != IGNORE
-            hits += int((logits[keep].argmax(-1) == tgt[keep]).sum())
-            count += int(keep.sum())
+    _, hits, count = stock_clean_scores(model, rows)
     assert count > 100 and got["top1_clean"] == pytest.approx(hits / count, abs=1e-9)
     fresh, ftok = tiny_model("qwen2", seed=0)
     ensure_mask_token(fresh, ftok, block_size=D)
